@@ -1,0 +1,193 @@
+"""Pixel and stage coordinates, following the Odemis conventions.
+
+Conventions used everywhere in the workflow:
+
+- **Stage frame**: metres, X to the right, **Y up** (Odemis ``MD_POS``).
+- **Pixel coordinates**: ``(x, y) = (column, row)`` in pixels, row index growing
+  downwards, **pixel centres at integers**: pixel ``[row, col]`` covers
+  ``col - 0.5 … col + 0.5``.
+- **Odemis image metadata**: ``centre_m`` is the stage position of the image
+  centre, ``pixel_size_m`` the pixel pitch (m) in x and y, ``rotation_rad`` a
+  counter-clockwise rotation about the centre and ``shear`` a vertical shear.
+
+Odemis (``doc/develop/dataio.rst``) maps a continuous pixel coordinate ``p`` of an
+image of size ``(sx, sy)`` with ``pc = [p_x - sx/2, -(p_y - sy/2)]`` and
+``P = R · S · L · pc + T``, where a pixel with index ``i`` spans ``[i, i + 1)``
+(its bounding-box code puts the image edges at ``T ± size · pixel / 2``). The
+centre of pixel index ``i`` is therefore ``i + 0.5`` in that coordinate, which
+is what :meth:`ImageGeometry.pixel_to_stage` encodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where a 2-D image lies on the stage.
+
+    Attributes:
+        shape_yx: image size in pixels, ``(rows, columns)``.
+        pixel_size_m: pixel pitch ``(x, y)`` in metres.
+        centre_m: stage position ``(x, y)`` of the image centre in metres.
+        rotation_rad: counter-clockwise rotation in radians.
+        shear: vertical shear (dimensionless), as Odemis stores it.
+    """
+
+    shape_yx: tuple[int, int]
+    pixel_size_m: tuple[float, float]
+    centre_m: tuple[float, float]
+    rotation_rad: float = 0.0
+    shear: float = 0.0
+
+    def pixel_to_stage(self) -> np.ndarray:
+        """3×3 affine matrix mapping ``(col, row, 1)`` in px to stage ``(x, y, 1)`` in m."""
+        sy, sx = self.shape_yx
+        c, s = math.cos(self.rotation_rad), math.sin(self.rotation_rad)
+        rot = np.array([[c, -s], [s, c]])
+        scale = np.diag([float(self.pixel_size_m[0]), float(self.pixel_size_m[1])])
+        shear = np.array([[1.0, 0.0], [-float(self.shear), 1.0]])
+        flip = np.diag([1.0, -1.0])  # rows grow downwards, stage Y grows upwards
+        linear = rot @ scale @ shear @ flip
+        centre_px = np.array([sx / 2.0 - 0.5, sy / 2.0 - 0.5])
+        out = np.eye(3)
+        out[:2, :2] = linear
+        out[:2, 2] = np.asarray(self.centre_m, dtype=float) - linear @ centre_px
+        return out
+
+    def stage_to_pixel(self) -> np.ndarray:
+        """3×3 affine matrix mapping stage ``(x, y, 1)`` in m to ``(col, row, 1)`` in px."""
+        return np.linalg.inv(self.pixel_to_stage())
+
+    @property
+    def field_m(self) -> tuple[float, float]:
+        """Field of view ``(width, height)`` in metres."""
+        return (
+            self.shape_yx[1] * float(self.pixel_size_m[0]),
+            self.shape_yx[0] * float(self.pixel_size_m[1]),
+        )
+
+
+def moving_to_fixed_px(moving: ImageGeometry, fixed: ImageGeometry) -> np.ndarray:
+    """3×3 affine mapping pixel coordinates of ``moving`` to those of ``fixed``.
+
+    Both images are placed by their stage metadata; for an FM image (moving)
+    and an EM image (fixed) this is the coarse ``fm_to_em_px`` transform.
+    """
+    return fixed.stage_to_pixel() @ moving.pixel_to_stage()
+
+
+def apply_affine(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Apply a 3×3 affine ``matrix`` to points ``xy`` of shape ``(..., 2)``."""
+    xy = np.asarray(xy, dtype=float)
+    return xy @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def rms_displacement(
+    a: np.ndarray, b: np.ndarray, points_xy: np.ndarray
+) -> float:
+    """Root-mean-square distance between ``a(p)`` and ``b(p)`` over ``points_xy``.
+
+    Units are those of the affines' output space (e.g. EM px).
+    """
+    d = apply_affine(a, points_xy) - apply_affine(b, points_xy)
+    return float(np.sqrt(np.mean(np.sum(d * d, axis=-1))))
+
+
+def grid_points(shape_yx: tuple[int, int], step: int = 1) -> np.ndarray:
+    """Pixel-centre coordinates ``(x, y)`` of a regular grid, shape ``(N, 2)``."""
+    rows = np.arange(0, shape_yx[0], step, dtype=float)
+    cols = np.arange(0, shape_yx[1], step, dtype=float)
+    yy, xx = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack([xx.ravel(), yy.ravel()], axis=-1)
+
+
+def scale_matrix(factor: float) -> np.ndarray:
+    """Affine from a grid ``factor`` times coarser to its parent grid (pixel centres).
+
+    Coarse pixel ``i`` covers parent pixels ``[i·f, (i+1)·f)``; its centre lies at
+    parent coordinate ``(i + 0.5)·f - 0.5``.
+    """
+    off = 0.5 * factor - 0.5
+    return np.array([[factor, 0.0, off], [0.0, factor, off], [0.0, 0.0, 1.0]])
+
+
+def warp(
+    image: np.ndarray,
+    src_to_dst_px: np.ndarray,
+    out_shape_yx: tuple[int, int],
+    order: int = 1,
+) -> np.ndarray:
+    """Resample ``image`` ((Y, X) or (C, Y, X)) onto a destination pixel grid.
+
+    Args:
+        image: source pixels.
+        src_to_dst_px: 3×3 affine from source to destination pixel coordinates.
+        out_shape_yx: destination shape (rows, columns).
+        order: spline order (1 bilinear, 3 cubic).
+
+    Returns:
+        float32 array, NaN where the destination pixel centre falls outside the source.
+    """
+    inv = np.linalg.inv(src_to_dst_px)
+    rows, cols = np.mgrid[0: out_shape_yx[0], 0: out_shape_yx[1]].astype(np.float64)
+    src = apply_affine(inv, np.stack([cols, rows], axis=-1))
+    coords = np.stack([src[..., 1], src[..., 0]])
+    chans = image if image.ndim == 3 else image[None]
+    sy, sx = chans.shape[-2:]
+    outside = ((coords[0] < -0.5) | (coords[0] > sy - 0.5)
+               | (coords[1] < -0.5) | (coords[1] > sx - 0.5))
+    out = np.empty((chans.shape[0], *out_shape_yx), dtype=np.float32)
+    for c, ch in enumerate(chans):
+        out[c] = ndimage.map_coordinates(ch.astype(np.float32), coords, order=order,
+                                         mode="nearest")
+    out[:, outside] = np.nan
+    return out if image.ndim == 3 else out[0]
+
+
+def smooth_resample(
+    image: np.ndarray, factor: float, sigma_px: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth and resample ``image`` to a grid ``factor`` times coarser.
+
+    Output pixel ``(i, j)`` covers input pixels ``[i·f, (i+1)·f)``, its centre
+    at input coordinate ``(i + 0.5)·f - 0.5``. Returns the image and the 3×3
+    affine mapping output pixel coordinates to input pixel coordinates.
+
+    Args:
+        image: 2-D input.
+        factor: output pixel size / input pixel size (> 0).
+        sigma_px: Gaussian sigma in input pixels before sampling; default
+            anti-aliasing ``0.5 · factor`` when downsampling.
+    """
+    if sigma_px is None:
+        sigma_px = 0.5 * factor if factor > 1 else 0.0
+    img = image.astype(np.float32, copy=False)
+    if sigma_px > 0:
+        img = ndimage.gaussian_filter(img, sigma_px, mode="nearest", truncate=3.0)
+    shape = (int(image.shape[0] // factor), int(image.shape[1] // factor))
+    to_input = scale_matrix(factor)
+    if factor == int(factor) and sigma_px == 0 and factor >= 1:
+        f = int(factor)
+        out = img[: shape[0] * f, : shape[1] * f].reshape(shape[0], f, shape[1], f).mean((1, 3))
+        return out.astype(np.float32), to_input
+    rows = (np.arange(shape[0]) + 0.5) * factor - 0.5
+    cols = (np.arange(shape[1]) + 0.5) * factor - 0.5
+    out = ndimage.map_coordinates(img, np.meshgrid(rows, cols, indexing="ij"), order=1,
+                                  mode="nearest")
+    return out.astype(np.float32), to_input
+
+
+def geometry_from_meta(meta: dict) -> ImageGeometry:
+    """ImageGeometry of an ingested image's JSON metadata (``fm`` or ``em`` of ingest)."""
+    shape = meta["shape"][-2:]
+    return ImageGeometry(shape_yx=(int(shape[0]), int(shape[1])),
+                         pixel_size_m=tuple(meta["pixel_size_m"]),  # type: ignore[arg-type]
+                         centre_m=tuple(meta["centre_m"]),  # type: ignore[arg-type]
+                         rotation_rad=float(meta["rotation_rad"]),
+                         shear=float(meta.get("shear", 0.0)))
