@@ -1,0 +1,248 @@
+"""Evaluate: Pearson correlation of prediction and measured FM, against baselines and truth.
+
+Per section × channel, inside the FM/EM overlap (the tiles mask):
+
+- ``pcc``, ``r2``: prediction vs the registered, measured FM;
+- ``pcc_baseline_em``: trivial baseline, the EM blurred to FM resolution with
+  the sign (inverted or not) that correlates best on the training sections;
+- ``r2_baseline_mean``: R² of the constant training mean (its PCC is undefined);
+
+and, where the ground truth of a simulation is known (evaluation is the only
+stage that may read it):
+
+- ``noise_ceiling_pcc``: PCC of the measured FM against its noise-free version
+  on the FM's own pixels under the EM field: no prediction can beat it on
+  average;
+- ``pcc_vs_clean`` / ``pcc_vs_specific``: prediction vs the noise-free FM /
+  vs the specific label alone (no aspecific binding, no bleed-through),
+  placed with the true transform;
+- ``target_vs_clean_pcc``: the training target (registered, measured FM) vs
+  the noise-free FM: what noise and registration error leave of the truth;
+- ``registration_error_nm`` / ``metadata_error_nm``: RMS distance between the
+  estimated (or stage-metadata) and true FM→EM mapping over the FM pixels
+  under the EM field.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from . import io
+from .geometry import apply_affine, geometry_from_meta, grid_points, warp
+from .odemis import read_file
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "section", "split", "channel", "n_pixels", "pcc", "r2", "pcc_baseline_em",
+    "r2_baseline_mean", "noise_ceiling_pcc", "pcc_vs_clean", "pcc_vs_specific",
+    "target_vs_clean_pcc", "registration_error_nm", "metadata_error_nm",
+]
+
+
+def pcc(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two arrays (flattened); NaN if either is constant."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size < 2:
+        return float("nan")
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def r2(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Coefficient of determination 1 − SSE/SST of ``pred`` for ``truth``."""
+    pred = np.asarray(pred, np.float64).ravel()
+    truth = np.asarray(truth, np.float64).ravel()
+    sst = ((truth - truth.mean()) ** 2).sum()
+    return float(1 - ((truth - pred) ** 2).sum() / sst) if sst > 0 else float("nan")
+
+
+def blurred_em(em_work: np.ndarray, em_scale: int, sigma_target_px: float = 1.0) -> np.ndarray:
+    """EM averaged over each target pixel and blurred (σ in target px): a trivial predictor."""
+    h, w = em_work.shape[0] // em_scale, em_work.shape[1] // em_scale
+    blocks = em_work[: h * em_scale, : w * em_scale].reshape(h, em_scale, w, em_scale)
+    return ndimage.gaussian_filter(blocks.mean(axis=(1, 3)), sigma_target_px)
+
+
+def em_field_fm_pixels(fm_shape_yx: tuple[int, int], fm_to_em_px: np.ndarray,
+                       em_shape_yx: tuple[int, int]) -> np.ndarray:
+    """FM pixel centres (x, y) that ``fm_to_em_px`` maps inside the EM field."""
+    pts = grid_points(fm_shape_yx)
+    em = apply_affine(fm_to_em_px, pts)
+    inside = ((em[:, 0] >= -0.5) & (em[:, 0] <= em_shape_yx[1] - 0.5)
+              & (em[:, 1] >= -0.5) & (em[:, 1] <= em_shape_yx[0] - 0.5))
+    return pts[inside]
+
+
+def rms_error_nm(estimate: np.ndarray, truth: np.ndarray, points: np.ndarray,
+                 em_pixel_m: float) -> float:
+    """RMS distance (nm) between two FM→EM px affines over ``points`` (FM px)."""
+    d = apply_affine(estimate, points) - apply_affine(truth, points)
+    return float(np.sqrt(np.mean(np.sum(d * d, axis=1))) * em_pixel_m * 1e9)
+
+
+def match_truth_channel(channel: dict, truth_channels: list[dict], tolerance_nm: float = 20
+                        ) -> int | None:
+    """Index of the truth channel with the same excitation wavelength, if any."""
+    for i, t in enumerate(truth_channels):
+        if abs(float(t["excitation_nm"]) - float(channel["excitation_nm"])) <= tolerance_nm:
+            return i
+    return None
+
+
+def read_prediction(path: str | Path, tiles_meta: dict) -> np.ndarray:
+    """Prediction (C, H, W) from its OME-TIFF; checks it lies on the tiles' target grid."""
+    f = read_file(path)
+    img = f.images[0]
+    assert img.data is not None and img.centre_m is not None and img.pixel_size_m is not None
+    if list(img.shape_cyx[1:]) != list(tiles_meta["target_shape"]):
+        raise ValueError(f"{path}: prediction grid {img.shape_cyx[1:]} differs from the "
+                         f"tiles' {tiles_meta['target_shape']}; rerun predict")
+    off = np.hypot(*(np.subtract(img.centre_m, tiles_meta["target_centre_m"])))
+    if off > 1e-9 or abs(img.pixel_size_m[0] - tiles_meta["target_pixel_size_m"]) > 1e-12:
+        raise ValueError(f"{path}: prediction is placed {off * 1e9:.1f} nm away from the "
+                         "tiles' target grid; rerun predict")
+    return img.data.astype(np.float32)
+
+
+def em_sign(train_sections: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per channel ±1: the EM polarity that correlates positively on training sections."""
+    n = train_sections[0][1].shape[0]
+    vals = []
+    for c in range(n):
+        a = np.concatenate([b[m] for b, _, m in train_sections])
+        t = np.concatenate([fm[c][m] for _, fm, m in train_sections])
+        vals.append(1.0 if np.nan_to_num(pcc(a, t)) >= 0 else -1.0)
+    return np.array(vals)
+
+
+def evaluate(sections: list[str], tiles_dir: str | Path, predictions_dir: str | Path,
+             ingest_dir: str | Path, registration_dir: str | Path, model_path: str | Path,
+             truth_dir: str | Path | None) -> list[dict]:
+    """All rows of the metrics table (see module docstring)."""
+    import torch
+
+    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
+    train_mean = np.asarray(ckpt["target_mean"], np.float64)
+    data = {}
+    for s in sections:
+        arrays = io.load_npz(Path(tiles_dir) / f"{s}.npz")
+        meta = io.read_json(Path(tiles_dir) / f"{s}.json")
+        mask = arrays["mask"].astype(bool)
+        data[s] = (arrays, meta, mask, blurred_em(arrays["em"], int(meta["em_scale"])))
+    train = [(d[3], d[0]["fm"], d[2]) for d in data.values()
+             if d[1]["split"] == "train" and d[2].any()]
+    sign = em_sign(train) if train else np.ones(len(ckpt["channels"]))
+    rows = []
+    for s in sections:
+        arrays, meta, mask, em_blur = data[s]
+        pred = read_prediction(Path(predictions_dir) / f"{s}.ome.tif", meta)
+        ingest = io.read_json(Path(ingest_dir) / f"{s}.json")
+        reg = io.read_json(Path(registration_dir) / f"{s}.json")
+        measured = io.load_npz(Path(ingest_dir) / f"{s}.npz")["fm"] if truth_dir else None
+        truth = _truth(s, truth_dir, ingest, measured, reg, meta, mask, arrays)
+        for c, ch in enumerate(ingest["fm"]["channels"]):
+            t = arrays["fm"][c][mask]
+            row = {
+                "section": s, "split": meta["split"], "channel": ch["name"],
+                "n_pixels": int(mask.sum()),
+                "pcc": pcc(pred[c][mask], t), "r2": r2(pred[c][mask], t),
+                "pcc_baseline_em": pcc(sign[c] * em_blur[mask], t),
+                "r2_baseline_mean": r2(np.full(t.shape, train_mean[c]), t),
+            }
+            row.update(truth(c, ch, pred[c]) if truth else {})
+            rows.append(row)
+    return rows
+
+
+def _truth(section: str, truth_dir: str | Path | None, ingest: dict, measured_fm: np.ndarray,
+           reg: dict, meta: dict, mask: np.ndarray, arrays: dict):
+    """A function giving the truth-based metrics of one channel, or None without truth."""
+    if truth_dir is None or not (Path(truth_dir) / f"{section}.json").exists():
+        return None
+    tmeta = io.read_json(Path(truth_dir) / f"{section}.json")
+    tarr = io.load_npz(Path(truth_dir) / f"{section}.npz")
+    true_m = np.asarray(tmeta["fm_to_em_px"])
+    em_geom = geometry_from_meta(ingest["em"])
+    fm_shape = tuple(ingest["fm"]["shape"][-2:])
+    pts = em_field_fm_pixels(fm_shape, true_m, em_geom.shape_yx)
+    em_px = float(em_geom.pixel_size_m[0])
+    reg_err = rms_error_nm(np.asarray(reg["fm_to_em_px"]), true_m, pts, em_px)
+    meta_err = rms_error_nm(np.asarray(reg["fm_to_em_px_metadata"]), true_m, pts, em_px)
+    fm_to_target = np.linalg.inv(np.asarray(meta["target_to_em_px"])) @ true_m
+    clean_t = warp(tarr["fm_clean"], fm_to_target, mask.shape, order=3)
+    spec_t = warp(tarr["fm_specific"], fm_to_target, mask.shape, order=3)
+    cols = pts[:, 0].astype(int)
+    rows_ = pts[:, 1].astype(int)
+
+    def metrics(c: int, ch: dict, pred: np.ndarray) -> dict:
+        k = match_truth_channel(ch, tmeta["channels"])
+        out = {"registration_error_nm": reg_err, "metadata_error_nm": meta_err}
+        if k is None:
+            return out
+        out["noise_ceiling_pcc"] = pcc(measured_fm[c][rows_, cols],
+                                       tarr["fm_clean"][k][rows_, cols])
+        out["pcc_vs_clean"] = pcc(pred[mask], clean_t[k][mask])
+        out["pcc_vs_specific"] = pcc(pred[mask], spec_t[k][mask])
+        out["target_vs_clean_pcc"] = pcc(arrays["fm"][c][mask], clean_t[k][mask])
+        return out
+
+    return metrics
+
+
+def write_tsv(rows: list[dict], path: str | Path) -> None:
+    """Write the metrics table (NaN and missing values as empty cells)."""
+    lines = ["\t".join(COLUMNS)]
+    for row in rows:
+        cells = []
+        for col in COLUMNS:
+            v = row.get(col)
+            if isinstance(v, float):
+                cells.append("" if not np.isfinite(v) else f"{v:.4f}")
+            else:
+                cells.append("" if v is None else str(v))
+        lines.append("\t".join(cells))
+    io.write_text(path, "\n".join(lines) + "\n")
+
+
+def read_tsv(path: str | Path) -> list[dict]:
+    """Read a metrics table back (numbers as float, empty cells as NaN)."""
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split("\t")
+    out = []
+    for line in lines[1:]:
+        row: dict = {}
+        for k, v in zip(header, line.split("\t"), strict=True):
+            if k in ("section", "split", "channel"):
+                row[k] = v
+            else:
+                row[k] = float(v) if v else float("nan")
+        out.append(row)
+    return out
+
+
+def run(sections: list[str], tiles_npz: list[str], predictions: list[str],
+        ingest_json: list[str], registration_json: list[str], model_path: str,
+        truth_dir: str | None, tsv_path: str) -> None:
+    """Evaluate all sections and write the metrics TSV (the rule's entry point).
+
+    The file lists follow the ``results/<stage>/{section}…`` layout; their folders are used.
+    """
+    def folder(paths: list[str]) -> Path:
+        return Path(paths[0]).parent
+
+    rows = evaluate(sections, folder(tiles_npz), folder(predictions), folder(ingest_json),
+                    folder(registration_json), model_path, truth_dir)
+    write_tsv(rows, tsv_path)
+    for r in rows:
+        log.info("%s %s %s: PCC %.3f (EM baseline %.3f, noise ceiling %s)", r["section"],
+                 r["split"], r["channel"], r["pcc"], r["pcc_baseline_em"],
+                 f"{r['noise_ceiling_pcc']:.3f}" if "noise_ceiling_pcc" in r else "n/a")

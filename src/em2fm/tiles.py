@@ -1,0 +1,185 @@
+"""Tiles: EM input and registered FM target on matching grids, with a coverage mask.
+
+Two grids, both aligned with the EM image axes and anchored at its top-left
+corner:
+
+- the **target grid** at FM resolution (``pixel_size`` ≈ the FM pixel), on which
+  the network predicts and the registered FM is resampled (cubic spline);
+- the **work grid** for the EM input, ``em_scale`` times finer, so that each
+  target pixel is exactly ``em_scale × em_scale`` EM input pixels.
+
+Tile ``k`` with origin ``(row, col)`` (target px) pairs
+``em[row·s : (row+T)·s, col·s : (col+T)·s]`` with ``fm[:, row : row+T, col : col+T]``
+(``s`` = em_scale, ``T`` = tile_size). Tiles lie fully inside ``mask``, the
+area both modalities cover. Training may also draw other windows inside
+the mask; prediction covers the whole EM field.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .geometry import (
+    ImageGeometry,
+    apply_affine,
+    geometry_from_meta,
+    scale_matrix,
+    smooth_resample,
+    warp,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileParams:
+    """Tiling settings (config ``tiles``)."""
+
+    pixel_size_nm: float | None = None  # target grid pixel; None: the section's FM pixel
+    em_scale: int = 4  # EM input pixels per target pixel along each axis
+    tile_size: int = 32  # target px
+    margin: int = 4  # target px of EM context around a window
+
+
+@dataclass(frozen=True)
+class TargetGrid:
+    """The FM-resolution target grid of a section and its EM work grid.
+
+    Attributes:
+        shape_yx: target grid size (rows, columns) in target px.
+        pixel_size_m: target pixel size in m.
+        em_scale: work (EM input) pixels per target pixel.
+        target_to_em_px: 3×3 affine from target px to EM px.
+        geometry: stage placement of the target grid (Odemis conventions).
+    """
+
+    shape_yx: tuple[int, int]
+    pixel_size_m: float
+    em_scale: int
+    target_to_em_px: np.ndarray
+    geometry: ImageGeometry
+
+    @property
+    def work_shape_yx(self) -> tuple[int, int]:
+        """EM input grid size in work px."""
+        return (self.shape_yx[0] * self.em_scale, self.shape_yx[1] * self.em_scale)
+
+    @property
+    def work_pixel_size_m(self) -> float:
+        """EM input pixel size in m."""
+        return self.pixel_size_m / self.em_scale
+
+
+def target_pixel_m(ingest_meta: dict, pixel_size_nm: float | None) -> float:
+    """Target pixel size (m): the configured one, else the section's FM pixel size (x)."""
+    if pixel_size_nm is not None:
+        return float(pixel_size_nm) * 1e-9
+    return float(ingest_meta["fm"]["pixel_size_m"][0])
+
+
+def make_grid(em_geometry: ImageGeometry, pixel_size_m: float, em_scale: int) -> TargetGrid:
+    """Largest target grid of ``pixel_size_m`` inside the EM field, from its top-left corner."""
+    em_px = float(em_geometry.pixel_size_m[0])
+    factor = pixel_size_m / em_px
+    ey, ex = em_geometry.shape_yx
+    shape = (int(ey // factor), int(ex // factor))
+    if min(shape) < 1:
+        raise ValueError(f"EM field {em_geometry.field_m} m is smaller than one target pixel "
+                         f"({pixel_size_m} m)")
+    target_to_em = scale_matrix(factor)
+    centre_em = apply_affine(target_to_em, np.array([(shape[1] - 1) / 2, (shape[0] - 1) / 2]))
+    centre_stage = apply_affine(em_geometry.pixel_to_stage(), centre_em)
+    geometry = ImageGeometry(shape_yx=shape, pixel_size_m=(pixel_size_m, pixel_size_m),
+                             centre_m=(float(centre_stage[0]), float(centre_stage[1])),
+                             rotation_rad=em_geometry.rotation_rad, shear=em_geometry.shear)
+    return TargetGrid(shape_yx=shape, pixel_size_m=pixel_size_m, em_scale=em_scale,
+                      target_to_em_px=target_to_em, geometry=geometry)
+
+
+def prepare_em(em: np.ndarray, em_geometry: ImageGeometry, grid: TargetGrid) -> np.ndarray:
+    """EM resampled to the work grid (anti-aliased) and z-scored per section (float32)."""
+    factor = grid.work_pixel_size_m / float(em_geometry.pixel_size_m[0])
+    work, _ = smooth_resample(em, factor)
+    wy, wx = grid.work_shape_yx
+    work = work[:wy, :wx]
+    if work.shape != (wy, wx):
+        raise ValueError(f"EM work image {work.shape} smaller than the grid {(wy, wx)}")
+    mean, std = float(work.mean()), float(work.std())
+    return ((work - mean) / max(std, 1e-6)).astype(np.float32)
+
+
+def registered_fm(fm: np.ndarray, fm_to_em_px: np.ndarray, grid: TargetGrid) -> np.ndarray:
+    """FM (C, Y, X) resampled onto the target grid (cubic), NaN where FM is absent."""
+    fm_to_target = np.linalg.inv(grid.target_to_em_px) @ fm_to_em_px
+    return warp(fm.astype(np.float32), fm_to_target, grid.shape_yx, order=3)
+
+
+def window_origins(mask: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
+    """Top-left corners (row, col) of ``size``² windows lying fully inside ``mask``.
+
+    Windows start every ``stride`` px; ``stride = size`` gives non-overlapping tiles.
+    """
+    if mask.shape[0] < size or mask.shape[1] < size:
+        return np.zeros((0, 2), np.int32)
+    sat = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = sat[size:, size:] - sat[:-size, size:] - sat[size:, :-size] + sat[:-size, :-size]
+    full = sums == size * size
+    grid = np.zeros_like(full)
+    grid[::stride, ::stride] = True
+    return np.argwhere(full & grid).astype(np.int32)
+
+
+def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: dict,
+               params: TileParams) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays (em, fm, mask, tiles) and metadata of one section's tiles."""
+    em_geom = geometry_from_meta(ingest_meta["em"])
+    grid = make_grid(em_geom, target_pixel_m(ingest_meta, params.pixel_size_nm), params.em_scale)
+    em = prepare_em(arrays["em"], em_geom, grid)
+    fm = registered_fm(arrays["fm"], np.asarray(registration["fm_to_em_px"]), grid)
+    mask = np.all(np.isfinite(fm), axis=0)
+    fm = np.nan_to_num(fm, nan=0.0)
+    tiles = window_origins(mask, params.tile_size, stride=params.tile_size)
+    meta = {
+        "section": ingest_meta["section"],
+        "channels": [c["name"] for c in ingest_meta["fm"]["channels"]],
+        "target_shape": list(grid.shape_yx),
+        "target_pixel_size_m": grid.pixel_size_m,
+        "work_pixel_size_m": grid.work_pixel_size_m,
+        "em_scale": grid.em_scale,
+        "target_to_em_px": grid.target_to_em_px,
+        "target_centre_m": list(grid.geometry.centre_m),
+        "tile_size": params.tile_size,
+        "margin": params.margin,
+        "n_tiles": len(tiles),
+        "mask_fraction": float(mask.mean()),
+    }
+    return {"em": em, "fm": fm.astype(np.float32), "mask": mask, "tiles": tiles}, meta
+
+
+def run(ingest_json: str | Path, ingest_npz: str | Path, registration_json: str | Path,
+        settings: dict, split: str, npz_path: str | Path, json_path: str | Path) -> dict:
+    """Tile one section and write its arrays and metadata (the rule's entry point)."""
+    params = TileParams(**settings)
+    ingest_meta = io.read_json(ingest_json)
+    arrays, meta = make_tiles(ingest_meta, io.load_npz(ingest_npz),
+                              io.read_json(registration_json), params)
+    meta["split"] = split
+    if meta["n_tiles"] == 0:
+        log.warning("%s: no full %d px tile inside the FM/EM overlap (%.0f%% covered)",
+                    meta["section"], params.tile_size, 100 * meta["mask_fraction"])
+    io.save_npz(npz_path, **arrays)
+    io.write_json(json_path, meta)
+    log.info("%s (%s): target grid %s at %.1f nm, EM work grid %s, %d tiles, %.0f%% covered",
+             meta["section"], split, meta["target_shape"], grid_nm(meta), arrays["em"].shape,
+             meta["n_tiles"], 100 * meta["mask_fraction"])
+    return meta
+
+
+def grid_nm(meta: dict) -> float:
+    """Target pixel size of a tiles JSON in nm."""
+    return float(meta["target_pixel_size_m"]) * 1e9

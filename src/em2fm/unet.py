@@ -1,0 +1,107 @@
+"""The asymmetric U-Net: long contraction path at EM resolution, short expansion path.
+
+EM pixels are ``em_scale`` times smaller than the FM-resolution output pixels,
+so the encoder halves the resolution ``depth`` times while the decoder doubles
+it only ``depth - log2(em_scale)`` times, with skip connections from the
+encoder levels of matching resolution. The output has one channel per FM
+channel on the target grid: an input of ``(N, 1, H·s, W·s)`` gives
+``(N, C, H, W)``. ``H·s`` and ``W·s`` must be multiples of ``2**depth``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture (config ``model`` plus data-derived sizes)."""
+
+    in_channels: int = 1
+    out_channels: int = 2
+    base_channels: int = 16
+    max_channels: int = 128
+    depth: int = 4
+    em_scale: int = 4
+
+    @property
+    def n_up(self) -> int:
+        """Number of expansion (upsampling) steps."""
+        return self.depth - round(math.log2(self.em_scale))
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes (work px) must be multiples of this."""
+        return 2 ** self.depth
+
+    def as_dict(self) -> dict:
+        """Plain dict (stored in checkpoints)."""
+        return asdict(self)
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3×3 convolutions, each followed by batch normalisation and ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class AsymmetricUNet(nn.Module):
+    """U-Net with ``depth`` contractions and ``depth - log2(em_scale)`` expansions."""
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        k = math.log2(cfg.em_scale)
+        if k != int(k) or cfg.em_scale < 1:
+            raise ValueError(f"em_scale must be a power of 2, got {cfg.em_scale}")
+        if cfg.n_up < 0:
+            raise ValueError(f"model.depth ({cfg.depth}) must be at least log2(em_scale) "
+                             f"({int(k)})")
+        self.cfg = cfg
+        widths = [min(cfg.base_channels * 2**i, cfg.max_channels) for i in range(cfg.depth + 1)]
+        self.widths = widths
+        self.encoder = nn.ModuleList(
+            [ConvBlock(cfg.in_channels, widths[0])]
+            + [ConvBlock(widths[i - 1], widths[i]) for i in range(1, cfg.depth + 1)]
+        )
+        # decoder levels: depth-1, depth-2, …, depth-n_up (the output resolution)
+        self.levels = list(range(cfg.depth - 1, cfg.depth - 1 - cfg.n_up, -1))
+        self.decoder = nn.ModuleList()
+        prev = widths[cfg.depth]
+        for level in self.levels:
+            self.decoder.append(ConvBlock(prev + widths[level], widths[level]))
+            prev = widths[level]
+        self.head = nn.Conv2d(prev, cfg.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """EM (N, 1, H·s, W·s), z-scored → FM (N, C, H, W) in normalised units."""
+        if x.shape[-1] % self.cfg.multiple or x.shape[-2] % self.cfg.multiple:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of "
+                             f"{self.cfg.multiple}")
+        skips = []
+        for i, block in enumerate(self.encoder):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for level, block in zip(self.levels, self.decoder, strict=True):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skips[level]], dim=1))
+        return self.head(x)
+
+
+def build(cfg: UNetConfig) -> AsymmetricUNet:
+    """Construct the network."""
+    return AsymmetricUNet(cfg)

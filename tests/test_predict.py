@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from em2fm import io
+from em2fm.geometry import geometry_from_meta
+from em2fm.odemis import read_file
+from em2fm.predict import _window_size, load_model, predict_work
+from em2fm.tiles import make_grid
+
+
+def test_prediction_overlays_the_em_by_metadata(mini_run):
+    root = mini_run["root"]
+    f = read_file(root / "predictions" / "S3.ome.tif")
+    (img,) = f.images
+    assert img.data.dtype == np.float32 and img.data.shape == (1, 80, 80)
+    assert [c.name for c in img.channels] == ["Hoechst"]
+    assert img.channels[0].excitation_nm == 405  # an FM channel for Odemis
+    assert img.pixel_size_m == pytest.approx((100e-9, 100e-9))
+    meta = io.read_json(root / "ingest" / "S3.json")
+    em = geometry_from_meta(meta["em"])
+    # 80 target px of 100 nm cover the 320 EM px of 25 nm exactly: same centre, same field
+    assert img.centre_m == pytest.approx(em.centre_m, abs=1e-12)
+    assert img.rotation_rad == em.rotation_rad
+    unc = read_file(root / "predictions" / "S3.uncertainty.ome.tif").images[0]
+    assert unc.channels[0].name == "Hoechst uncertainty"
+    assert (unc.data >= 0).all() and unc.data.max() > 0
+
+
+def test_prediction_never_reads_fm(mini_run, tmp_path, monkeypatch):
+    """predict.run loads only the EM array of the ingest npz."""
+    from em2fm import predict
+
+    root = mini_run["root"]
+    arrays = io.load_npz(root / "ingest" / "S3.npz")
+    io.save_npz(tmp_path / "S3.npz", em=arrays["em"])  # no FM at all
+    predict.run(root / "ingest" / "S3.json", tmp_path / "S3.npz", root / "model" / "model.pt",
+                None, {"window": 24, "test_time_augmentation": False}, "cpu", 1,
+                tmp_path / "p.ome.tif", tmp_path / "u.ome.tif")
+    a = read_file(tmp_path / "p.ome.tif").images[0].data
+    assert a.shape == (1, 80, 80)
+
+
+def test_windows_stitch_seamlessly(mini_run):
+    root = mini_run["root"]
+    model, _ = load_model(root / "model" / "model.pt", torch.device("cpu"))
+    meta = io.read_json(root / "ingest" / "S2.json")
+    em_geom = geometry_from_meta(meta["em"])
+    from em2fm.tiles import prepare_em
+
+    grid = make_grid(em_geom, 100e-9, 4)
+    em = prepare_em(io.load_npz(root / "ingest" / "S2.npz")["em"], em_geom, grid)
+    small, _ = predict_work(model, em, 4, window=8)
+    large, _ = predict_work(model, em, 4, window=80)
+    # windows see `margin` px of context; interiors agree closely across window sizes
+    assert np.corrcoef(small.ravel(), large.ravel())[0, 1] > 0.98
+    mean, std = predict_work(model, em, 4, window=40, tta=True)
+    assert std is not None and std.shape == mean.shape
+
+
+def test_window_size_fits_the_network():
+    assert _window_size(10, 4, 4, 16) == 12  # (12 + 8)·4 = 80, a multiple of 16
+    assert ((_window_size(33, 3, 8, 32) + 6) * 8) % 32 == 0

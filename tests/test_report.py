@@ -1,0 +1,44 @@
+import re
+
+from em2fm import report
+
+
+def _build(mini_run, path):
+    root = mini_run["root"]
+    s = mini_run["sections"]
+    report.run(
+        metrics_tsv=str(root / "metrics.tsv"), training_tsv=str(root / "model" / "training.tsv"),
+        model_path=str(root / "model" / "model.pt"),
+        tiles_npz=[str(root / "tiles" / f"{x}.npz") for x in s],
+        predictions=[str(root / "predictions" / f"{x}.ome.tif") for x in s],
+        uncertainties=[str(root / "predictions" / f"{x}.uncertainty.ome.tif") for x in s],
+        ingest_json=[str(root / "ingest" / f"{x}.json") for x in s],
+        registration_json=[str(root / "registration" / f"{x}.json") for x in s],
+        overlays=[str(root / "registration" / f"{x}.png") for x in s], sections=s,
+        config={"raw_dir": None, "channels": ["Hoechst"]}, simulated=True, zoom_size_um=2.0,
+        html_path=str(path))
+    return path.read_text()
+
+
+def test_report_is_self_contained_and_complete(mini_run, tmp_path):
+    html = _build(mini_run, tmp_path / "report.html")
+    assert "http://" not in html and "https://" not in html  # no external resource
+    assert not re.search(r"<(script|link)\b", html)
+    imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', html)
+    assert "S3 Hoechst" in imgs  # the reference figure of the test section
+    assert "training curve" in imgs and sum(a.startswith("registration") for a in imgs) == 3
+    for text in ("Summary on the test sections", "noise_ceiling_pcc", "pcc_baseline_em",
+                 "Configuration", "Provenance", "sha256", "torch", "measured (red)"):
+        assert text in html, text
+
+
+def test_zoom_regions_are_inside_the_grid(mini_run):
+    root = mini_run["root"]
+    v = report.load_view("S3", root / "tiles" / "S3.npz", root / "predictions" / "S3.ome.tif",
+                         root / "predictions" / "S3.uncertainty.ome.tif")
+    regions = report.zoom_regions(v, 0, 20)
+    for _, r, c in regions:
+        assert 0 <= r <= v.mask.shape[0] - 20 and 0 <= c <= v.mask.shape[1] - 20
+    for i, (_, r1, c1) in enumerate(regions):  # 80 px leave room for 3 disjoint 20 px zooms
+        for _, r2, c2 in regions[i + 1:]:
+            assert abs(r1 - r2) >= 20 or abs(c1 - c2) >= 20

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from em2fm.geometry import ImageGeometry, apply_affine
+from em2fm.tiles import make_grid, prepare_em, registered_fm, window_origins
+
+
+def test_grid_inside_em_field_and_centred():
+    em = ImageGeometry((2048, 2000), (10e-9, 10e-9), (1e-3, 2e-3))
+    g = make_grid(em, 100e-9, 4)
+    assert g.shape_yx == (204, 200)
+    assert g.work_shape_yx == (816, 800)
+    assert g.work_pixel_size_m == pytest.approx(25e-9)
+    # the target grid's top-left corner is the EM's top-left corner
+    corner = apply_affine(g.target_to_em_px, np.array([-0.5, -0.5]))
+    np.testing.assert_allclose(corner, [-0.5, -0.5])
+    # its stage placement agrees with mapping a pixel through the EM
+    p = np.array([10.0, 20.0])
+    via_em = apply_affine(em.pixel_to_stage(), apply_affine(g.target_to_em_px, p))
+    np.testing.assert_allclose(apply_affine(g.geometry.pixel_to_stage(), p), via_em, atol=1e-15)
+
+
+def test_prepare_em_is_zscored_on_the_work_grid(rng):
+    em_geom = ImageGeometry((400, 400), (10e-9, 10e-9), (0, 0))
+    g = make_grid(em_geom, 100e-9, 4)
+    work = prepare_em(rng.normal(500, 30, (400, 400)), em_geom, g)
+    assert work.shape == g.work_shape_yx
+    assert abs(work.mean()) < 1e-4 and work.std() == pytest.approx(1, abs=1e-3)
+
+
+def test_registered_fm_lands_on_the_target_grid():
+    em_geom = ImageGeometry((400, 400), (10e-9, 10e-9), (0, 0))
+    g = make_grid(em_geom, 100e-9, 4)
+    fm = np.zeros((1, 60, 60), np.float32)
+    fm[0, 30, 25] = 1
+    # FM px -> EM px: same pixel size as the target grid, FM pixel (25, 30) at target (12, 7)
+    m = g.target_to_em_px.copy()
+    m[:2, 2] = apply_affine(g.target_to_em_px, np.array([12.0, 7.0])) - 10 * np.array([25, 30])
+    out = registered_fm(fm, m, g)
+    assert np.unravel_index(np.nanargmax(out[0]), out[0].shape) == (7, 12)
+    assert np.isnan(out).any()  # FM does not cover the whole grid
+
+
+def test_window_origins():
+    mask = np.zeros((10, 12), bool)
+    mask[2:9, 1:12] = True
+    tiles = window_origins(mask, 3, stride=3)
+    assert tiles.tolist() == [[3, 3], [3, 6], [3, 9], [6, 3], [6, 6], [6, 9]]
+    assert len(window_origins(mask, 3)) == (7 - 2) * (11 - 2)
+    assert window_origins(mask, 20).shape == (0, 2)
