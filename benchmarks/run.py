@@ -1,0 +1,116 @@
+"""Speed benchmarks, measured side by side in one run; prints ratios to the default.
+
+    python benchmarks/run.py [--quick]
+
+Each case is timed several times (median); ratios compare cases measured in the same
+process on the same machine, so they are meaningful on a shared, noisy machine where
+absolute times are not. CPU only unless a GPU is present (then training also on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from em2fm.geometry import ImageGeometry
+from em2fm.predict import predict_work, set_threads
+from em2fm.register import RegistrationParams, register_images
+from em2fm.unet import UNetConfig, build
+
+
+def timeit(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time (s) of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def report(title: str, rows: list[tuple[str, float, str]]) -> None:
+    """Print cases with their time and ratio to the first (the default)."""
+    print(f"\n{title}")
+    base = rows[0][1]
+    for name, t, unit in rows:
+        print(f"  {name:<44} {t * 1e3:9.1f} ms  ×{t / base:5.2f}  {unit}")
+
+
+def train_steps(repeats: int, device: torch.device) -> None:
+    rows = []
+    for name, cfg, batch, size in [
+        ("default: base 16, depth 4, em_scale 4, b8", UNetConfig(), 8, 40),
+        ("base 8", UNetConfig(base_channels=8), 8, 40),
+        ("base 32", UNetConfig(base_channels=32), 8, 40),
+        ("em_scale 8, depth 5 (4× more EM pixels)", UNetConfig(depth=5, em_scale=8), 8, 40),
+    ]:
+        net = build(cfg).to(device)
+        opt = torch.optim.AdamW(net.parameters())
+        x = torch.randn(batch, 1, size * cfg.em_scale, size * cfg.em_scale, device=device)
+        y = torch.randn(batch, 2, size, size, device=device)
+
+        def step(net=net, opt=opt, x=x, y=y) -> None:
+            opt.zero_grad()
+            ((net(x) - y) ** 2).mean().backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        rows.append((name, timeit(step, repeats), "per training step"))
+    report(f"Training step ({device})", rows)
+
+
+def prediction(repeats: int) -> None:
+    net = build(UNetConfig()).eval()
+    em = np.random.default_rng(0).normal(size=(960, 960)).astype(np.float32)
+    rows = []
+    for name, window, tta in [("default: window 128, TTA", 128, True),
+                              ("window 128, no TTA", 128, False),
+                              ("window 64, no TTA", 64, False),
+                              ("window 240 (whole section), no TTA", 240, False)]:
+        rows.append((name, timeit(lambda w=window, t=tta: predict_work(net, em, 4, w, t),
+                                  repeats), "per 240×240 target px section"))
+    report("Whole-section prediction (CPU)", rows)
+
+
+def registration(repeats: int) -> None:
+    rng = np.random.default_rng(0)
+    em = rng.normal(size=(2048, 2048)).astype(np.float32)
+    fm = rng.normal(size=(300, 300)).astype(np.float32)
+    em_geom = ImageGeometry((2048, 2048), (10e-9, 10e-9), (0.0, 0.0))
+    fm_geom = ImageGeometry((300, 300), (106e-9, 106e-9), (2e-7, 0.0), rotation_rad=0.1)
+    rows = []
+    for name, params in [("default: 50 nm working pixels", RegistrationParams()),
+                         ("100 nm working pixels", RegistrationParams(pixel_size_nm=100)),
+                         ("no exhaustive search", RegistrationParams(max_shift_um=0))]:
+        rows.append((name, timeit(lambda p=params: register_images(em, em_geom, fm, fm_geom, p),
+                                  repeats), "per section"))
+    report("Registration (2048² EM, 300² FM)", rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one repeat per case")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    print(f"torch {torch.__version__}, {set_threads(args.threads)} CPU threads")
+    train_steps(repeats, torch.device("cpu"))
+    if torch.cuda.is_available():
+        train_steps(repeats, torch.device("cuda"))
+    prediction(repeats)
+    registration(repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+# Metrics per section and channel: PCC, trivial baselines, noise ceiling, registration error.
+
+
+rule evaluate:
+    input:
+        tiles=expand("results/tiles/{section}.npz", section=SECTIONS),
+        tiles_json=expand("results/tiles/{section}.json", section=SECTIONS),
+        predictions=expand("results/predictions/{section}.ome.tif", section=SECTIONS),
+        ingest=expand("results/ingest/{section}.json", section=SECTIONS),
+        ingest_npz=expand("results/ingest/{section}.npz", section=SECTIONS),
+        registration=expand("results/registration/{section}.json", section=SECTIONS),
+        model="results/model/model.pt",
+        truth=truth_files,
+    output:
+        report(
+            "results/metrics.tsv",
+            caption="../report/metrics.rst",
+            category="Evaluation",
+        ),
+    log:
+        "results/logs/evaluate.log",
+    benchmark:
+        "results/benchmarks/evaluate.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        sections=SECTIONS,
+        truth_dir=PLAN.truth_dir,
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,39 @@
+# One self-contained HTML report: metrics, reference figures, configuration, provenance.
+
+
+rule report:
+    input:
+        metrics="results/metrics.tsv",
+        training="results/model/training.tsv",
+        model="results/model/model.pt",
+        tiles=expand("results/tiles/{section}.npz", section=SECTIONS),
+        predictions=expand("results/predictions/{section}.ome.tif", section=SECTIONS),
+        uncertainty=expand(
+            "results/predictions/{section}.uncertainty.ome.tif", section=SECTIONS
+        ),
+        ingest=expand("results/ingest/{section}.json", section=SECTIONS),
+        registration=expand("results/registration/{section}.json", section=SECTIONS),
+        overlays=expand("results/registration/{section}.png", section=SECTIONS),
+    output:
+        report(
+            "results/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+    log:
+        "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        sections=SECTIONS,
+        config=config,
+        simulated=PLAN.simulated,
+        zoom_size_um=config["report"]["zoom_size_um"],
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,26 @@
+# EM input and registered FM target on matching grids, with the coverage mask.
+
+
+rule tiles:
+    input:
+        ingest_json="results/ingest/{section}.json",
+        ingest_npz="results/ingest/{section}.npz",
+        registration="results/registration/{section}.json",
+    output:
+        npz="results/tiles/{section}.npz",
+        json="results/tiles/{section}.json",
+    log:
+        "results/logs/tiles/{section}.log",
+    benchmark:
+        "results/benchmarks/tiles/{section}.tsv"
+    conda:
+        "../envs/tiles.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    params:
+        settings=config["tiles"],
+        split=section_split,
+    script:
+        "../scripts/tiles.py"

@@ -1,0 +1,33 @@
+# Train the asymmetric U-Net on the training sections; select on validation PCC.
+
+
+rule train:
+    input:
+        tiles=training_tiles,
+        tiles_json=training_tiles_json,
+        ingest=first_ingest_json,
+    output:
+        model="results/model/model.pt",
+        last="results/model/last.pt",
+        log_tsv=report(
+            "results/model/training.tsv",
+            caption="../report/training.rst",
+            category="Training",
+        ),
+    log:
+        "results/logs/train.log",
+    benchmark:
+        "results/benchmarks/train.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        model=config["model"],
+        settings=config["train"],
+        tiles=config["tiles"],
+        seed=config["seed"],
+    script:
+        "../scripts/train.py"

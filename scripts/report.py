@@ -1,0 +1,28 @@
+"""Rule report: the self-contained HTML report."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
+from em2fm.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from em2fm import report
+
+report.run(
+    metrics_tsv=snakemake.input.metrics,
+    training_tsv=snakemake.input.training,
+    model_path=snakemake.input.model,
+    tiles_npz=list(snakemake.input.tiles),
+    predictions=list(snakemake.input.predictions),
+    uncertainties=list(snakemake.input.uncertainty),
+    ingest_json=list(snakemake.input.ingest),
+    registration_json=list(snakemake.input.registration),
+    overlays=list(snakemake.input.overlays),
+    sections=snakemake.params.sections,
+    config=snakemake.params.config,
+    simulated=snakemake.params.simulated,
+    zoom_size_um=snakemake.params.zoom_size_um,
+    html_path=snakemake.output[0],
+)

@@ -1,0 +1,118 @@
+"""End-to-end runs through the snakemake CLI on tiny simulated data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from em2fm.evaluate import read_tsv
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny.yaml"
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2",
+           "--configfile", str(ROOT / "config.yaml"), str(TINY)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and r.returncode:
+        raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
+                             f"{r.stderr[-6000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("e2e")
+    snakemake(work, "results/report.html")
+    return work
+
+
+def test_default_chain_on_simulated_data(tiny_run):
+    res = tiny_run / "results"
+    assert (res / "report.html").stat().st_size > 10_000
+    rows = read_tsv(res / "metrics.tsv")
+    assert {(r["section"], r["channel"]) for r in rows} == {
+        (s, c) for s in ("S001", "S002", "S003") for c in ("Hoechst", "Insulin")}
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    for r in rows:
+        assert r["registration_error_nm"] < r["metadata_error_nm"]
+        assert 0 < r["noise_ceiling_pcc"] <= 1
+    # every rule logged and was benchmarked; truth stays apart from the exports
+    for rule in ("simulate", "ingest", "register", "tiles", "predict"):
+        assert len(list((res / "logs" / rule).glob("*.log"))) == 3
+        assert len(list((res / "benchmarks" / rule).glob("*.tsv"))) == 3
+    for name in ("train", "evaluate", "report"):
+        assert (res / "logs" / f"{name}.log").exists()
+        assert (res / "benchmarks" / f"{name}.tsv").exists()
+    exported = [p.name for p in (res / "simulate" / "exports").rglob("*")
+                if p.is_file() and not p.name.startswith(".")]
+    assert sorted(exported) == ["S001.ome.tiff", "S002.ome.tiff", "S003.ome.tiff"]
+
+
+def test_rerun_one_stage_gives_the_same_metrics(tiny_run):
+    before = (tiny_run / "results" / "metrics.tsv").read_text()
+    model = tiny_run / "results" / "model" / "model.pt"
+    trained = model.stat().st_mtime_ns
+    ingested = (tiny_run / "results" / "ingest" / "S001.json").stat().st_mtime_ns
+    snakemake(tiny_run, "results/report.html", "--forcerun", "train")
+    assert model.stat().st_mtime_ns > trained  # retrained …
+    assert (tiny_run / "results" / "ingest" / "S001.json").stat().st_mtime_ns == ingested
+    assert (tiny_run / "results" / "metrics.tsv").read_text() == before  # same seed, same run
+    r = snakemake(tiny_run, "results/report.html", "--dry-run")
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_snakemake_report(tiny_run):
+    snakemake(tiny_run, "--report", "snakemake-report.zip")
+    assert (tiny_run / "snakemake-report.zip").stat().st_size > 10_000
+
+
+def test_user_exports_with_another_channel_set(tiny_run, tmp_path):
+    raw = tmp_path / "exports"
+    shutil.copytree(tiny_run / "results" / "simulate" / "exports", raw)
+    work = tmp_path / "work"
+    snakemake(work, "results/report.html", "--config", f"raw_dir={raw}", "channels=[Hoechst]")
+    rows = read_tsv(work / "results" / "metrics.tsv")
+    assert [r["channel"] for r in rows] == ["Hoechst"] * 3
+    assert all(r["noise_ceiling_pcc"] != r["noise_ceiling_pcc"] for r in rows)  # no truth: NaN
+    assert not (work / "results" / "simulate").exists()  # nothing simulated
+    # the user's files are untouched
+    for a in raw.rglob("*.ome.tiff"):
+        b = tiny_run / "results" / "simulate" / "exports" / a.relative_to(raw)
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_one_target_runs_only_its_upstream(tiny_run, tmp_path):
+    raw = tmp_path / "exports"
+    shutil.copytree(tiny_run / "results" / "simulate" / "exports", raw)
+    snakemake(tmp_path, "results/registration/S002.json", "--config", f"raw_dir={raw}")
+    made = {p.relative_to(tmp_path / "results").parts[0] for p in
+            (tmp_path / "results").rglob("*") if p.is_file()}
+    assert made == {"ingest", "registration", "logs", "benchmarks"}
+
+
+def test_missing_metadata_stops_at_ingest(tiny_run, tmp_path):
+    from em2fm.odemis import read_file, write_file
+
+    raw = tmp_path / "exports"
+    shutil.copytree(tiny_run / "results" / "simulate" / "exports", raw)
+    bad = raw / "S002" / "S002.ome.tiff"
+    images = read_file(bad).images
+    images[0].pixel_size_m = None  # the FM lost its pixel size
+    bad.unlink()
+    write_file(bad, images)
+    work = tmp_path / "work"
+    r = snakemake(work, "results/report.html", "--config", f"raw_dir={raw}", check=False)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "Error in rule ingest" in out
+    assert f"{bad}: the FM image" in out and "no pixel size" in out and "Fix:" in out
+    assert not (work / "results" / "ingest" / "S002.json").exists()  # no partial output
+    assert not (work / "results" / "model").exists()
