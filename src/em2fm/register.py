@@ -105,8 +105,6 @@ def _affine_to_sitk(m: np.ndarray) -> sitk.AffineTransform:
 
 def _sitk_to_matrix(t: sitk.Transform) -> np.ndarray:
     """3×3 matrix of a SimpleITK matrix-offset transform (Euler, Similarity, Affine)."""
-    t = sitk.CompositeTransform(t).GetNthTransform(0) if isinstance(t, sitk.CompositeTransform) \
-        else t
     a = np.array(t.GetMatrix(), dtype=float).reshape(2, 2)
     c = np.array(t.GetCenter(), dtype=float)
     tr = np.array(t.GetTranslation(), dtype=float)
@@ -236,7 +234,7 @@ def _register(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
         fm_to_em_px=fm_to_em,
         fm_to_em_px_metadata=meta,
         metric_metadata=metric_meta,
-        metric_registered=min(metric_reg, metric_meta) if warnings else metric_reg,
+        metric_registered=metric_meta if warnings else metric_reg,
         iterations=int(r.GetOptimizerIteration()),
         stop_condition=r.GetOptimizerStopConditionDescription(),
         search_shift_nm=shift,  # type: ignore[arg-type]
