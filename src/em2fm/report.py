@@ -39,7 +39,7 @@ th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.muted{color:#666;font-size:.9em}
 figure{margin:1em 0}figcaption{font-size:.9em;color:#444;max-width:1100px}
 img{max-width:100%;height:auto}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;
-font-size:.8em}.good{color:#1a7f37;font-weight:600}
+font-size:.8em}.wide{overflow-x:auto}
 """
 
 
@@ -221,7 +221,7 @@ def metrics_table(rows: list[dict], columns: list[str]) -> str:
         "<tr>" + "".join(f'<td class="{"l" if c in ("section", "split", "channel") else ""}">'
                          f"{_fmt(r.get(c, float('nan')))}</td>" for c in columns) + "</tr>"
         for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def summary_rows(rows: list[dict], split: str = "test") -> list[dict]:
@@ -309,10 +309,11 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
         "<em>r2_baseline_mean</em>: the constant training mean (its PCC is undefined). "
         "<em>noise_ceiling_pcc</em>: the measured FM against its noise-free version "
         "(simulation only), the best any prediction can reach on average.</p>",
-        metrics_table(summary, ["channel", "sections", "pcc", "pcc_baseline_em", "r2",
-                                "r2_baseline_mean", "noise_ceiling_pcc", "pcc_vs_clean",
-                                "pcc_vs_specific", "registration_error_nm",
+        metrics_table(summary, ["channel", "sections", "pcc", "pcc_baseline_em",
+                                "noise_ceiling_pcc", "pcc_vs_clean", "registration_error_nm",
                                 "metadata_error_nm"]),
+        "<p class='muted'>All columns, per section, are in the table <em>All sections</em> "
+        "below.</p>",
     ]
     parts.append("<h2>Prediction vs measured fluorescence</h2>")
     shown = [v for v in views if v.split == "test"] or views[:1]
@@ -336,7 +337,13 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
         f"{float(model.get('val_pcc_mean', float('nan'))):.3f}); training sections "
         f"{', '.join(model.get('train_sections', []))}, validation "
         f"{', '.join(model.get('val_sections', []))}.</p>")
-    parts.append(f"<figure>{_img(training_figure(training_tsv), 'training curve')}</figure>")
+    parts.append(f"<figure>{_img(training_figure(training_tsv), 'training curve')}"
+                 "<figcaption>Training loss per step (grey; black: running mean) and, at each "
+                 "validation step, the loss and PCC on the validation sections. The loss is "
+                 "the mean squared error of FM normalised with the training statistics, so it "
+                 "also counts section-to-section brightness differences (staining, lamp) that "
+                 "no EM-based prediction can know; the PCC ignores them.</figcaption>"
+                 "</figure>")
     parts.append("<h2>Registration</h2><p>Correction on top of the stage metadata, "
                  "estimated by mutual information (SimpleITK). Shift in the stage frame "
                  "(x right, y up).</p>")
