@@ -36,7 +36,7 @@ def test_registered_fm_lands_on_the_target_grid():
     # FM px -> EM px: same pixel size as the target grid, FM pixel (25, 30) at target (12, 7)
     m = g.target_to_em_px.copy()
     m[:2, 2] = apply_affine(g.target_to_em_px, np.array([12.0, 7.0])) - 10 * np.array([25, 30])
-    out = registered_fm(fm, m, g)
+    out = registered_fm(fm, m, g.target_to_em_px, g.shape_yx)
     assert np.unravel_index(np.nanargmax(out[0]), out[0].shape) == (7, 12)
     assert np.isnan(out).any()  # FM does not cover the whole grid
 

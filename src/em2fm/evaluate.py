@@ -32,8 +32,9 @@ import numpy as np
 from scipy import ndimage
 
 from . import io
-from .geometry import apply_affine, geometry_from_meta, grid_points, warp
+from .geometry import apply_affine, geometry_from_meta, grid_points, rms_displacement
 from .odemis import read_file
+from .tiles import registered_fm
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,7 @@ def em_field_fm_pixels(fm_shape_yx: tuple[int, int], fm_to_em_px: np.ndarray,
 def rms_error_nm(estimate: np.ndarray, truth: np.ndarray, points: np.ndarray,
                  em_pixel_m: float) -> float:
     """RMS distance (nm) between two FM→EM px affines over ``points`` (FM px)."""
-    d = apply_affine(estimate, points) - apply_affine(truth, points)
-    return float(np.sqrt(np.mean(np.sum(d * d, axis=1))) * em_pixel_m * 1e9)
+    return rms_displacement(estimate, truth, points) * em_pixel_m * 1e9
 
 
 def match_truth_channel(channel: dict, truth_channels: list[dict], tolerance_nm: float = 20
@@ -177,9 +177,9 @@ def _truth(section: str, truth_dir: str | Path | None, ingest: dict, measured_fm
     em_px = float(em_geom.pixel_size_m[0])
     reg_err = rms_error_nm(np.asarray(reg["fm_to_em_px"]), true_m, pts, em_px)
     meta_err = rms_error_nm(np.asarray(reg["fm_to_em_px_metadata"]), true_m, pts, em_px)
-    fm_to_target = np.linalg.inv(np.asarray(meta["target_to_em_px"])) @ true_m
-    clean_t = warp(tarr["fm_clean"], fm_to_target, mask.shape, order=3)
-    spec_t = warp(tarr["fm_specific"], fm_to_target, mask.shape, order=3)
+    target_to_em = np.asarray(meta["target_to_em_px"])
+    clean_t = registered_fm(tarr["fm_clean"], true_m, target_to_em, mask.shape)
+    spec_t = registered_fm(tarr["fm_specific"], true_m, target_to_em, mask.shape)
     cols = pts[:, 0].astype(int)
     rows_ = pts[:, 1].astype(int)
 

@@ -532,16 +532,7 @@ def _read_planes(
 
 # --------------------------------------------------------------------------- writing
 
-_NUMPY_TO_OME = {
-    "uint8": "uint8",
-    "uint16": "uint16",
-    "uint32": "uint32",
-    "int8": "int8",
-    "int16": "int16",
-    "int32": "int32",
-    "float32": "float",
-    "float64": "double",
-}
+_NUMPY_TO_OME = {np.dtype(t).name: name for name, t in _PIXEL_TYPES.items()}
 
 
 def _fmt(value: float) -> str:

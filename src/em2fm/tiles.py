@@ -113,10 +113,18 @@ def prepare_em(em: np.ndarray, em_geometry: ImageGeometry, grid: TargetGrid) -> 
     return ((work - mean) / max(std, 1e-6)).astype(np.float32)
 
 
-def registered_fm(fm: np.ndarray, fm_to_em_px: np.ndarray, grid: TargetGrid) -> np.ndarray:
-    """FM (C, Y, X) resampled onto the target grid (cubic), NaN where FM is absent."""
-    fm_to_target = np.linalg.inv(grid.target_to_em_px) @ fm_to_em_px
-    return warp(fm.astype(np.float32), fm_to_target, grid.shape_yx, order=3)
+def registered_fm(fm: np.ndarray, fm_to_em_px: np.ndarray, target_to_em_px: np.ndarray,
+                  shape_yx: tuple[int, int]) -> np.ndarray:
+    """FM (C, Y, X) resampled onto a target grid (cubic), NaN where FM is absent.
+
+    Args:
+        fm: FM channels on their own pixel grid.
+        fm_to_em_px: 3×3 affine FM px → EM px (registered, or the true one).
+        target_to_em_px: 3×3 affine target px → EM px of the grid.
+        shape_yx: target grid shape.
+    """
+    fm_to_target = np.linalg.inv(target_to_em_px) @ fm_to_em_px
+    return warp(fm.astype(np.float32), fm_to_target, shape_yx, order=3)
 
 
 def window_origins(mask: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
@@ -140,7 +148,8 @@ def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: d
     em_geom = geometry_from_meta(ingest_meta["em"])
     grid = make_grid(em_geom, target_pixel_m(ingest_meta, params.pixel_size_nm), params.em_scale)
     em = prepare_em(arrays["em"], em_geom, grid)
-    fm = registered_fm(arrays["fm"], np.asarray(registration["fm_to_em_px"]), grid)
+    fm = registered_fm(arrays["fm"], np.asarray(registration["fm_to_em_px"]),
+                       grid.target_to_em_px, grid.shape_yx)
     mask = np.all(np.isfinite(fm), axis=0)
     fm = np.nan_to_num(fm, nan=0.0)
     tiles = window_origins(mask, params.tile_size, stride=params.tile_size)
