@@ -71,3 +71,40 @@ def training_tiles_json(wildcards):
 def first_ingest_json(wildcards):
     """Ingest metadata of the first training section (channel names and wavelengths)."""
     return f"results/ingest/{PLAN.in_split('train')[0]}.json"
+
+
+REFINE_ROUNDS = int(config["register"]["refine_rounds"])
+
+
+def previous_round_registration(wildcards):
+    """Registration JSON of the round before ``wildcards.round``."""
+    return f"results/registration/round{int(wildcards.round) - 1}/{wildcards.section}.json"
+
+
+def previous_round_model(wildcards):
+    """Model trained on the registrations of the round before ``wildcards.round``."""
+    return f"results/registration/round{int(wildcards.round) - 1}/model/model.pt"
+
+
+def final_round_registration(wildcards):
+    """The last registration round of a section (register.refine_rounds)."""
+    return f"results/registration/round{REFINE_ROUNDS}/{wildcards.section}.json"
+
+
+def round_training_tiles(wildcards):
+    """Tiles of the training and validation sections at one registration round."""
+    return expand(
+        "results/registration/round{round}/tiles/{section}.npz",
+        round=wildcards.round,
+        section=PLAN.in_split("train", "val"),
+    )
+
+
+def round_training_tiles_json(wildcards):
+    """Tiles metadata of the training and validation sections at one registration round."""
+    return [p[: -len(".npz")] + ".json" for p in round_training_tiles(wildcards)]
+
+
+def round_train_settings():
+    """Training settings of a registration round's model (register.refine_train_steps)."""
+    return {**config["train"], "steps": int(config["register"]["refine_train_steps"])}

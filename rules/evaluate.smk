@@ -12,10 +12,15 @@ rule evaluate:
         model="results/model/model.pt",
         truth=truth_files,
     output:
-        report(
+        metrics=report(
             "results/metrics.tsv",
             caption="../report/metrics.rst",
             category="Evaluation",
+        ),
+        rounds=report(
+            "results/registration_rounds.tsv",
+            caption="../report/registration_rounds.rst",
+            category="Registration",
         ),
     log:
         "results/logs/evaluate.log",

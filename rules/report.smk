@@ -4,6 +4,7 @@
 rule report:
     input:
         metrics="results/metrics.tsv",
+        rounds="results/registration_rounds.tsv",
         training="results/model/training.tsv",
         model="results/model/model.pt",
         tiles=expand("results/tiles/{section}.npz", section=SECTIONS),

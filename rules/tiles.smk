@@ -24,3 +24,18 @@ rule tiles:
         split=section_split,
     script:
         "../scripts/tiles.py"
+
+
+# Tiles of a prediction-driven registration round (results/registration/round{round}/).
+use rule tiles as tiles_round with:
+    input:
+        ingest_json="results/ingest/{section}.json",
+        ingest_npz="results/ingest/{section}.npz",
+        registration="results/registration/round{round}/{section}.json",
+    output:
+        npz="results/registration/round{round}/tiles/{section}.npz",
+        json="results/registration/round{round}/tiles/{section}.json",
+    log:
+        "results/logs/tiles/round{round}/{section}.log",
+    benchmark:
+        "results/benchmarks/tiles/round{round}/{section}.tsv"

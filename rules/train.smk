@@ -31,3 +31,25 @@ rule train:
         seed=config["seed"],
     script:
         "../scripts/train.py"
+
+
+# The model of a registration round: trained on that round's registrations, it predicts
+# the FM that the next round registers to (fewer steps: register.refine_train_steps).
+use rule train as train_round with:
+    input:
+        tiles=round_training_tiles,
+        tiles_json=round_training_tiles_json,
+        ingest=first_ingest_json,
+    output:
+        model="results/registration/round{round}/model/model.pt",
+        last="results/registration/round{round}/model/last.pt",
+        log_tsv="results/registration/round{round}/model/training.tsv",
+    log:
+        "results/logs/train/round{round}.log",
+    benchmark:
+        "results/benchmarks/train/round{round}.tsv"
+    params:
+        model=config["model"],
+        settings=round_train_settings(),
+        tiles=config["tiles"],
+        seed=config["seed"],

@@ -18,5 +18,6 @@ evaluate.run(
     registration_json=list(snakemake.input.registration),
     model_path=snakemake.input.model,
     truth_dir=snakemake.params.truth_dir,
-    tsv_path=snakemake.output[0],
+    tsv_path=snakemake.output.metrics,
+    rounds_path=snakemake.output.rounds,
 )

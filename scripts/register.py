@@ -1,4 +1,4 @@
-"""Rule register: FM -> EM registration of one section."""
+"""Rule register: round 0, the multimodal FM -> EM registration of one section."""
 
 import sys
 from pathlib import Path
@@ -10,12 +10,11 @@ setup_logging(snakemake.log[0])
 
 from em2fm import register
 
-register.run(
+register.run_multimodal(
     ingest_json=snakemake.input.json,
     ingest_npz=snakemake.input.npz,
     channel=snakemake.params.channel,
     settings=snakemake.params.settings,
     seed=snakemake.params.seed,
     json_path=snakemake.output.json,
-    png_path=snakemake.output.overlay,
 )

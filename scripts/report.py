@@ -20,6 +20,7 @@ report.run(
     ingest_json=list(snakemake.input.ingest),
     registration_json=list(snakemake.input.registration),
     overlays=list(snakemake.input.overlays),
+    rounds_tsv=snakemake.input.rounds,
     sections=snakemake.params.sections,
     config=snakemake.params.config,
     simulated=snakemake.params.simulated,

@@ -102,9 +102,12 @@ def mini_run(tmp_path_factory) -> dict:
                     fm_specific=truth["fm_specific"])
         ingest.run(root / "raw" / s, s, ["Hoechst"], dyes, 20, None,
                    root / "ingest" / f"{s}.json", root / "ingest" / f"{s}.npz")
-        register.run(root / "ingest" / f"{s}.json", root / "ingest" / f"{s}.npz", None,
-                     {"max_shift_um": 1.0}, 0, root / "registration" / f"{s}.json",
-                     root / "registration" / f"{s}.png")
+        register.run_multimodal(root / "ingest" / f"{s}.json", root / "ingest" / f"{s}.npz",
+                                None, {"max_shift_um": 1.0}, 0,
+                                root / "registration" / "round0" / f"{s}.json")
+        register.run_final(root / "ingest" / f"{s}.json", root / "ingest" / f"{s}.npz",
+                           root / "registration" / "round0" / f"{s}.json",
+                           root / "registration" / f"{s}.json", root / "registration" / f"{s}.png")
         tiles.run(root / "ingest" / f"{s}.json", root / "ingest" / f"{s}.npz",
                   root / "registration" / f"{s}.json", {"em_scale": 4, "tile_size": 16,
                                                          "margin": 4},
@@ -125,5 +128,6 @@ def mini_run(tmp_path_factory) -> dict:
                  [str(root / "predictions" / f"{s}.ome.tif") for s in sections],
                  [str(root / "ingest" / f"{s}.json") for s in sections],
                  [str(root / "registration" / f"{s}.json") for s in sections],
-                 str(model / "model.pt"), str(root / "truth"), str(root / "metrics.tsv"))
+                 str(model / "model.pt"), str(root / "truth"), str(root / "metrics.tsv"),
+                 str(root / "registration_rounds.tsv"))
     return out

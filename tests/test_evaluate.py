@@ -42,6 +42,38 @@ def test_metrics_table(mini_run):
     assert test["registration_error_nm"] < 30
     assert test["r2_baseline_mean"] <= 0.01  # a constant cannot explain variance
     assert test["pcc_vs_clean"] > 0.9
+    assert {r["registration_status"] for r in rows} == {"ok"}
+
+
+def test_registration_rounds_table(mini_run):
+    rows = read_tsv(mini_run["root"] / "registration_rounds.tsv")
+    assert [(r["section"], r["round"]) for r in rows] == [
+        (s, k) for s in ("S1", "S2", "S3") for k in (-1.0, 0.0)]
+    for meta, mm in zip(rows[::2], rows[1::2], strict=True):
+        assert meta["method"] == "stage metadata" and mm["method"] == "multimodal"
+        assert mm["error_nm"] < meta["error_nm"] / 5
+        assert mm["change_fm_px"] == pytest.approx(meta["error_fm_px"], abs=0.5)
+
+
+def test_status_is_carried_into_the_metrics(mini_run, tmp_path):
+    """A failed section is flagged in every row of the metrics table."""
+    import shutil
+
+    from em2fm import evaluate, io
+
+    root = mini_run["root"]
+    reg = tmp_path / "registration"
+    shutil.copytree(root / "registration", reg)
+    doc = io.read_json(reg / "S2.json")
+    io.write_json(reg / "S2.json", {**doc, "status": "failed"})
+    s = mini_run["sections"]
+    evaluate.run(s, [str(root / "tiles" / f"{x}.npz") for x in s],
+                 [str(root / "predictions" / f"{x}.ome.tif") for x in s],
+                 [str(root / "ingest" / f"{x}.json") for x in s],
+                 [str(reg / f"{x}.json") for x in s], str(root / "model" / "model.pt"),
+                 str(root / "truth"), str(tmp_path / "m.tsv"), str(tmp_path / "r.tsv"))
+    status = {r["section"]: r["registration_status"] for r in read_tsv(tmp_path / "m.tsv")}
+    assert status == {"S1": "ok", "S2": "failed", "S3": "ok"}
 
 
 def test_prediction_on_another_grid_is_refused(mini_run, tmp_path):

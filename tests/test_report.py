@@ -14,7 +14,8 @@ def _build(mini_run, path):
         uncertainties=[str(root / "predictions" / f"{x}.uncertainty.ome.tif") for x in s],
         ingest_json=[str(root / "ingest" / f"{x}.json") for x in s],
         registration_json=[str(root / "registration" / f"{x}.json") for x in s],
-        overlays=[str(root / "registration" / f"{x}.png") for x in s], sections=s,
+        overlays=[str(root / "registration" / f"{x}.png") for x in s],
+        rounds_tsv=str(root / "registration_rounds.tsv"), sections=s,
         config={"raw_dir": None, "channels": ["Hoechst"]}, simulated=True, zoom_size_um=2.0,
         html_path=str(path))
     return path.read_text()
@@ -28,8 +29,22 @@ def test_report_is_self_contained_and_complete(mini_run, tmp_path):
     assert "S3 Hoechst" in imgs  # the reference figure of the test section
     assert "training curve" in imgs and sum(a.startswith("registration") for a in imgs) == 3
     for text in ("Summary on the test sections", "noise_ceiling_pcc", "pcc_baseline_em",
-                 "Configuration", "Provenance", "sha256", "torch", "measured (red)"):
+                 "Configuration", "Provenance", "sha256", "torch", "measured (red)",
+                 "passed its checks", "stage metadata"):
         assert text in html, text
+
+
+def test_flagged_sections_are_left_out_of_the_summary():
+    rows = [{"section": s, "split": "test", "channel": "H", "pcc": v,
+             "registration_status": st}
+            for s, v, st in (("A", 0.8, "ok"), ("B", 0.0, "failed"), ("C", 0.1, "low_confidence"))]
+    summary = report.summary_rows(rows)
+    assert summary[0]["sections"] == 1 and summary[0]["pcc"] == 0.8
+    regs = [{"section": "A", "status": "ok"},
+            {"section": "B", "status": "failed", "reasons": ["shift at bound"],
+             "use_for_training": False}]
+    flagged = report.flagged_sections(regs)
+    assert [f["section"] for f in flagged] == ["B"] and flagged[0]["used for training"] == "no"
 
 
 def test_zoom_regions_are_inside_the_grid(mini_run):

@@ -45,7 +45,7 @@ def test_one_rule_file_script_module_and_test_per_stage():
         assert stage in names, f"rule {stage} missing"
         assert (ROOT / "rules" / f"{stage}.smk").exists()
         assert (ROOT / "scripts" / f"{stage}.py").exists()
-        assert (ROOT / "src" / "em2fm" / f"{stage}.py").exists()
+        assert _module_file(f"em2fm.{stage}") is not None, f"module em2fm.{stage} missing"
         assert (ROOT / "tests" / f"test_{stage}.py").exists()
 
 
@@ -61,6 +61,25 @@ def test_rule_has_log_benchmark_conda_threads_resources(rule):
     assert _quoted(block, "benchmark").startswith("results/benchmarks/")
 
 
+PKG = ROOT / "src" / "em2fm"
+
+
+def _module_file(dotted: str) -> Path | None:
+    """The file of an em2fm module or subpackage (``em2fm.register.steps``), if any."""
+    base = PKG.joinpath(*dotted.split(".")[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _dotted(path: Path) -> str:
+    """Dotted name of the package a file of em2fm belongs to."""
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1])
+
+
 def _module_imports(path: Path, seen: set[Path]) -> set[str]:
     """Third-party top-level imports of a file and of the em2fm modules it imports."""
     if path in seen:
@@ -68,28 +87,26 @@ def _module_imports(path: Path, seen: set[Path]) -> set[str]:
     seen.add(path)
     tree = ast.parse(path.read_text())
     out: set[str] = set()
-    pkg = ROOT / "src" / "em2fm"
     for node in ast.walk(tree):
         mods: list[str] = []
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # from . import x / from .x import y
-                base = node.module
-                targets = [base] if base else [a.name for a in node.names]
-                for t in targets:
-                    f = pkg / f"{t.split('.')[0]}.py"
-                    if f.exists():
-                        out |= _module_imports(f, seen)
-                continue
-            mods = [node.module or ""]
-            if node.module == "em2fm":
-                mods = [f"em2fm.{a.name}" for a in node.names]
+            if node.level:  # from . import x / from ..x import y, inside em2fm
+                package = _dotted(path).split(".")
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join([*package, *([node.module] if node.module else [])])
+                mods = [base, *(f"{base}.{a.name}" for a in node.names)]
+            else:
+                mods = [node.module or ""]
+                if node.module and node.module.split(".")[0] == "em2fm":
+                    mods += [f"{node.module}.{a.name}" for a in node.names]
         for mod in mods:
             top = mod.split(".")[0]
             if top == "em2fm":
-                sub = mod.split(".")[1] if "." in mod else "__init__"
-                out |= _module_imports(pkg / f"{sub}.py", seen)
+                f = _module_file(mod)
+                if f is not None:
+                    out |= _module_imports(f, seen)
             elif top and top not in sys.stdlib_module_names and top != "snakemake":
                 out.add(top)
     return out

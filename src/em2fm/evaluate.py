@@ -18,9 +18,14 @@ stage that may read it):
   placed with the true transform;
 - ``target_vs_clean_pcc``: the training target (registered, measured FM) vs
   the noise-free FM: what noise and registration error leave of the truth;
-- ``registration_error_nm`` / ``metadata_error_nm``: RMS distance between the
-  estimated (or stage-metadata) and true FM→EM mapping over the FM pixels
-  under the EM field.
+- ``registration_error_nm`` / ``multimodal_error_nm`` / ``metadata_error_nm``:
+  RMS distance between the final (or multimodal round-0, or stage-metadata) and
+  the true FM→EM mapping over the FM pixels under the EM field.
+
+Each row carries its section's ``registration_status`` (ok, low_confidence,
+failed): a PCC against a misregistered FM measures the registration, not the
+network. :func:`registration_rounds` lists every registration round of every
+section, with its error against the truth where known.
 """
 
 from __future__ import annotations
@@ -32,17 +37,20 @@ import numpy as np
 from scipy import ndimage
 
 from . import io
-from .geometry import apply_affine, geometry_from_meta, grid_points, rms_displacement
+from .geometry import em_field_fm_pixels, geometry_from_meta, rms_displacement
 from .odemis import read_file
 from .tiles import registered_fm
 
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "section", "split", "channel", "n_pixels", "pcc", "r2", "pcc_baseline_em",
-    "r2_baseline_mean", "noise_ceiling_pcc", "pcc_vs_clean", "pcc_vs_specific",
-    "target_vs_clean_pcc", "registration_error_nm", "metadata_error_nm",
+    "section", "split", "registration_status", "channel", "n_pixels", "pcc", "r2",
+    "pcc_baseline_em", "r2_baseline_mean", "noise_ceiling_pcc", "pcc_vs_clean", "pcc_vs_specific",
+    "target_vs_clean_pcc", "registration_error_nm", "multimodal_error_nm", "metadata_error_nm",
 ]
+TEXT_COLUMNS = ("section", "split", "registration_status", "channel")
+ROUND_COLUMNS = ["section", "round", "method", "status", "accepted", "change_fm_px",
+                 "error_nm", "error_fm_px"]
 
 
 def pcc(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,16 +79,6 @@ def blurred_em(em_work: np.ndarray, em_scale: int, sigma_target_px: float = 1.0)
     h, w = em_work.shape[0] // em_scale, em_work.shape[1] // em_scale
     blocks = em_work[: h * em_scale, : w * em_scale].reshape(h, em_scale, w, em_scale)
     return ndimage.gaussian_filter(blocks.mean(axis=(1, 3)), sigma_target_px)
-
-
-def em_field_fm_pixels(fm_shape_yx: tuple[int, int], fm_to_em_px: np.ndarray,
-                       em_shape_yx: tuple[int, int]) -> np.ndarray:
-    """FM pixel centres (x, y) that ``fm_to_em_px`` maps inside the EM field."""
-    pts = grid_points(fm_shape_yx)
-    em = apply_affine(fm_to_em_px, pts)
-    inside = ((em[:, 0] >= -0.5) & (em[:, 0] <= em_shape_yx[1] - 0.5)
-              & (em[:, 1] >= -0.5) & (em[:, 1] <= em_shape_yx[0] - 0.5))
-    return pts[inside]
 
 
 def rms_error_nm(estimate: np.ndarray, truth: np.ndarray, points: np.ndarray,
@@ -152,7 +150,8 @@ def evaluate(sections: list[str], tiles_dir: str | Path, predictions_dir: str | 
         for c, ch in enumerate(ingest["fm"]["channels"]):
             t = arrays["fm"][c][mask]
             row = {
-                "section": s, "split": meta["split"], "channel": ch["name"],
+                "section": s, "split": meta["split"],
+                "registration_status": reg.get("status", "ok"), "channel": ch["name"],
                 "n_pixels": int(mask.sum()),
                 "pcc": pcc(pred[c][mask], t), "r2": r2(pred[c][mask], t),
                 "pcc_baseline_em": pcc(sign[c] * em_blur[mask], t),
@@ -177,6 +176,8 @@ def _truth(section: str, truth_dir: str | Path | None, ingest: dict, measured_fm
     em_px = float(em_geom.pixel_size_m[0])
     reg_err = rms_error_nm(np.asarray(reg["fm_to_em_px"]), true_m, pts, em_px)
     meta_err = rms_error_nm(np.asarray(reg["fm_to_em_px_metadata"]), true_m, pts, em_px)
+    mm_err = rms_error_nm(np.asarray(reg.get("fm_to_em_px_multimodal", reg["fm_to_em_px"])),
+                          true_m, pts, em_px)
     target_to_em = np.asarray(meta["target_to_em_px"])
     clean_t = registered_fm(tarr["fm_clean"], true_m, target_to_em, mask.shape)
     spec_t = registered_fm(tarr["fm_specific"], true_m, target_to_em, mask.shape)
@@ -185,7 +186,8 @@ def _truth(section: str, truth_dir: str | Path | None, ingest: dict, measured_fm
 
     def metrics(c: int, ch: dict, pred: np.ndarray) -> dict:
         k = match_truth_channel(ch, tmeta["channels"])
-        out = {"registration_error_nm": reg_err, "metadata_error_nm": meta_err}
+        out = {"registration_error_nm": reg_err, "metadata_error_nm": meta_err,
+               "multimodal_error_nm": mm_err}
         if k is None:
             return out
         out["noise_ceiling_pcc"] = pcc(measured_fm[c][rows_, cols],
@@ -198,12 +200,12 @@ def _truth(section: str, truth_dir: str | Path | None, ingest: dict, measured_fm
     return metrics
 
 
-def write_tsv(rows: list[dict], path: str | Path) -> None:
-    """Write the metrics table (NaN and missing values as empty cells)."""
-    lines = ["\t".join(COLUMNS)]
+def write_tsv(rows: list[dict], path: str | Path, columns: list[str] = COLUMNS) -> None:
+    """Write a table of rows (NaN and missing values as empty cells)."""
+    lines = ["\t".join(columns)]
     for row in rows:
         cells = []
-        for col in COLUMNS:
+        for col in columns:
             v = row.get(col)
             if isinstance(v, float):
                 cells.append("" if not np.isfinite(v) else f"{v:.4f}")
@@ -221,7 +223,7 @@ def read_tsv(path: str | Path) -> list[dict]:
     for line in lines[1:]:
         row: dict = {}
         for k, v in zip(header, line.split("\t"), strict=True):
-            if k in ("section", "split", "channel"):
+            if k in TEXT_COLUMNS or k in ("method", "status", "accepted"):
                 row[k] = v
             else:
                 row[k] = float(v) if v else float("nan")
@@ -229,9 +231,49 @@ def read_tsv(path: str | Path) -> list[dict]:
     return out
 
 
+def registration_rounds(sections: list[str], ingest_dir: str | Path,
+                        registration_dir: str | Path, truth_dir: str | Path | None
+                        ) -> list[dict]:
+    """One row per section and registration round: status, change, error against truth.
+
+    ``change_fm_px`` is the RMS change from the previous round (FM px, over the EM field);
+    ``error_nm`` / ``error_fm_px`` the RMS error against the true transform (simulation).
+    Round ``-1`` is the stage metadata.
+    """
+    rows = []
+    for s in sections:
+        reg = io.read_json(Path(registration_dir) / f"{s}.json")
+        ingest = io.read_json(Path(ingest_dir) / f"{s}.json")
+        em_geom = geometry_from_meta(ingest["em"])
+        fm_shape = tuple(ingest["fm"]["shape"][-2:])
+        meta_m = np.asarray(reg["fm_to_em_px_metadata"])
+        truth_path = Path(truth_dir) / f"{s}.json" if truth_dir else None
+        true_m = (np.asarray(io.read_json(truth_path)["fm_to_em_px"])
+                  if truth_path is not None and truth_path.exists() else None)
+        pts = em_field_fm_pixels(fm_shape, meta_m if true_m is None else true_m,
+                                 em_geom.shape_yx)
+        fm_px = float(np.sqrt(abs(np.linalg.det(meta_m[:2, :2]))))
+        entries = [{"round": -1, "method": "stage metadata", "status": "",
+                    "fm_to_em_px": meta_m, "accepted": ""}, *reg.get("rounds", [])]
+        previous = None
+        for e in entries:
+            m = np.asarray(e["fm_to_em_px"])
+            row = {"section": s, "round": e["round"], "method": e["method"],
+                   "status": e["status"], "accepted": str(e.get("accepted", "")).lower()}
+            if previous is not None:
+                row["change_fm_px"] = rms_displacement(m, previous, pts) / fm_px
+            if true_m is not None:
+                err = rms_displacement(m, true_m, pts)
+                row["error_nm"] = err * float(em_geom.pixel_size_m[0]) * 1e9
+                row["error_fm_px"] = err / fm_px
+            rows.append(row)
+            previous = m
+    return rows
+
+
 def run(sections: list[str], tiles_npz: list[str], predictions: list[str],
         ingest_json: list[str], registration_json: list[str], model_path: str,
-        truth_dir: str | None, tsv_path: str) -> None:
+        truth_dir: str | None, tsv_path: str, rounds_path: str) -> None:
     """Evaluate all sections and write the metrics TSV (the rule's entry point).
 
     The file lists follow the ``results/<stage>/{section}…`` layout; their folders are used.
@@ -242,6 +284,8 @@ def run(sections: list[str], tiles_npz: list[str], predictions: list[str],
     rows = evaluate(sections, folder(tiles_npz), folder(predictions), folder(ingest_json),
                     folder(registration_json), model_path, truth_dir)
     write_tsv(rows, tsv_path)
+    write_tsv(registration_rounds(sections, folder(ingest_json), folder(registration_json),
+                                  truth_dir), rounds_path, ROUND_COLUMNS)
     for r in rows:
         log.info("%s %s %s: PCC %.3f (EM baseline %.3f, noise ceiling %s)", r["section"],
                  r["split"], r["channel"], r["pcc"], r["pcc_baseline_em"],

@@ -99,6 +99,16 @@ def rms_displacement(
     return float(np.sqrt(np.mean(np.sum(d * d, axis=-1))))
 
 
+def em_field_fm_pixels(fm_shape_yx: tuple[int, int], fm_to_em_px: np.ndarray,
+                       em_shape_yx: tuple[int, int]) -> np.ndarray:
+    """FM pixel centres ``(x, y)`` (FM px) that ``fm_to_em_px`` maps inside the EM field."""
+    pts = grid_points(fm_shape_yx)
+    em = apply_affine(fm_to_em_px, pts)
+    inside = ((em[:, 0] >= -0.5) & (em[:, 0] <= em_shape_yx[1] - 0.5)
+              & (em[:, 1] >= -0.5) & (em[:, 1] <= em_shape_yx[0] - 0.5))
+    return pts[inside]
+
+
 def grid_points(shape_yx: tuple[int, int], step: int = 1) -> np.ndarray:
     """Pixel-centre coordinates ``(x, y)`` of a regular grid, shape ``(N, 2)``."""
     rows = np.arange(0, shape_yx[0], step, dtype=float)

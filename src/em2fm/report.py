@@ -224,17 +224,23 @@ def metrics_table(rows: list[dict], columns: list[str]) -> str:
     return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
 
 
-def summary_rows(rows: list[dict], split: str = "test") -> list[dict]:
-    """Mean of each metric per channel over the sections of ``split``."""
+def summary_rows(rows: list[dict], split: str = "test",
+                 statuses: tuple[str, ...] = ("ok",)) -> list[dict]:
+    """Mean of each metric per channel over the sections of ``split``.
+
+    Only sections whose registration status is in ``statuses`` count: a PCC against a
+    misregistered FM measures the registration, not the network.
+    """
     out = []
     for ch in dict.fromkeys(r["channel"] for r in rows):
-        sel = [r for r in rows if r["channel"] == ch and r["split"] == split]
+        sel = [r for r in rows if r["channel"] == ch and r["split"] == split
+               and r.get("registration_status", "ok") in statuses]
         if not sel:
             continue
         agg: dict = {"channel": ch, "sections": len(sel)}
         for key in ("pcc", "pcc_baseline_em", "r2", "r2_baseline_mean", "noise_ceiling_pcc",
                     "pcc_vs_clean", "pcc_vs_specific", "target_vs_clean_pcc",
-                    "registration_error_nm", "metadata_error_nm"):
+                    "registration_error_nm", "multimodal_error_nm", "metadata_error_nm"):
             vals = [float(r.get(key, float("nan"))) for r in sel]
             agg[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
         out.append(agg)
@@ -284,8 +290,36 @@ def load_view(section: str, tiles_npz: str | Path, prediction: str | Path,
                        float(meta["target_pixel_size_m"]) * 1e9, meta["channels"])
 
 
+def flagged_sections(registrations: list[dict]) -> list[dict]:
+    """Sections whose registration is not ``ok``, with the reasons."""
+    return [{"section": r["section"], "status": r["status"],
+             "used for training": "yes" if r.get("use_for_training") else "no",
+             "reasons": "; ".join(r.get("reasons", []))}
+            for r in registrations if r.get("status", "ok") != "ok"]
+
+
+def registration_rows(registrations: list[dict]) -> list[dict]:
+    """One row per section: status, final correction, and the evidence in brief."""
+    out = []
+    for r in registrations:
+        corr = r["correction"]
+        first = r["rounds"][0] if r.get("rounds") else {}
+        out.append({
+            "section": r["section"], "status": r["status"], "channel": r["channel"],
+            "rounds": len(r.get("rounds", [])),
+            "shift x (nm)": corr["shift_nm"][0], "shift y (nm)": corr["shift_nm"][1],
+            "rotation (°)": corr["rotation_deg"], "scale error (%)": 100 * corr["scale_error"],
+            "multimodal status": first.get("status", r["status"]),
+            "multimodal second peak ratio": first.get("second_peak_ratio", float("nan")),
+            "agreement (FM px)": r.get("evidence", {}).get(
+                "agreement_with_multimodal_fm_px", float("nan")),
+            "reasons": "; ".join(r.get("reasons", [])) or "none"})
+    return out
+
+
 def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[SectionView],
                registrations: list[dict], overlays: dict[str, str | Path],
+               rounds: list[dict],
                ingests: list[dict], config: dict, simulated: bool, zoom_um: float,
                model: dict) -> str:
     """The whole report as one HTML string."""
@@ -293,6 +327,7 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
 
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     summary = summary_rows(metrics)
+    flagged = flagged_sections(registrations)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>em2fm report</title>", f"<style>{CSS}</style></head><body>",
@@ -312,6 +347,12 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
         metrics_table(summary, ["channel", "sections", "pcc", "pcc_baseline_em",
                                 "noise_ceiling_pcc", "pcc_vs_clean", "registration_error_nm",
                                 "metadata_error_nm"]),
+        ("<p><strong>Registration flags.</strong> Only sections whose registration is "
+         "<em>ok</em> count in this summary; these did not, and are flagged in every table "
+         "below (their PCC compares the prediction with an FM that may be misplaced):</p>"
+         + metrics_table(flagged, ["section", "status", "used for training", "reasons"])
+         if flagged else "<p>Every section's registration passed its checks "
+         "(status <em>ok</em>).</p>"),
         "<p class='muted'>All columns, per section, are in the table <em>All sections</em> "
         "below.</p>",
     ]
@@ -344,24 +385,29 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
                  "also counts section-to-section brightness differences (staining, lamp) that "
                  "no EM-based prediction can know; the PCC ignores them.</figcaption>"
                  "</figure>")
-    parts.append("<h2>Registration</h2><p>Correction on top of the stage metadata, "
-                 "estimated by mutual information (SimpleITK). Shift in the stage frame "
-                 "(x right, y up).</p>")
-    reg_rows = []
-    for r in registrations:
-        corr = r["correction"]
-        reg_rows.append({"section": r["section"], "channel": r["channel"],
-                         "shift x (nm)": corr["shift_nm"][0], "shift y (nm)": corr["shift_nm"][1],
-                         "rotation (°)": corr["rotation_deg"],
-                         "MI metadata": -r["metric"]["stage_metadata"],
-                         "MI registered": -r["metric"]["registered"],
-                         "warnings": "; ".join(r["warnings"]) or "none"})
+    parts.append(
+        "<h2>Registration</h2><p>Correction on top of the stage metadata (shift in the stage "
+        "frame, x right, y up; rotation counter-clockwise; scale error of the FM pixel size). "
+        "Round 0 searches the whole capture range exhaustively, then refines locally, "
+        "maximising a multimodal metric between one FM channel and the EM; the following "
+        "rounds register the measured FM to the prediction of a model trained on the "
+        "previous round's registrations. Status: <em>ok</em> (every check passed), "
+        "<em>low_confidence</em> (a rival optimum nearly as good, or methods that disagree), "
+        "<em>failed</em> (an optimum on the capture range's bound or no better than the "
+        "metadata: the stage metadata is used instead).</p>")
+    reg_rows = registration_rows(registrations)
     parts.append(metrics_table(reg_rows, list(reg_rows[0]) if reg_rows else []))
+    if rounds:
+        parts.append("<p>Every round (−1: stage metadata; <em>change</em>: RMS change from "
+                     "the previous round; <em>error</em>: against the true transform, where "
+                     "known):</p>")
+        parts.append(metrics_table(rounds, list(rounds[0])))
     for name, png in overlays.items():
         b64 = base64.b64encode(Path(png).read_bytes()).decode("ascii")
         parts.append(f"<figure>{_img(b64, f'registration {name}')}<figcaption>"
                      f"{html.escape(name)}: EM (magenta) and FM (green), placed by stage "
-                     "metadata (left) and after registration (right).</figcaption></figure>")
+                     "metadata, by the multimodal search and after the last round.</figcaption>"
+                     "</figure>")
     parts.append("<h2>Configuration</h2>")
     parts.append(f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
     parts.append("<h2>Provenance</h2>")
@@ -384,7 +430,8 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
 
 def run(metrics_tsv: str, training_tsv: str, model_path: str, tiles_npz: list[str],
         predictions: list[str], uncertainties: list[str], ingest_json: list[str],
-        registration_json: list[str], overlays: list[str], sections: list[str],
+        registration_json: list[str], overlays: list[str], rounds_tsv: str,
+        sections: list[str],
         config: dict, simulated: bool, zoom_size_um: float, html_path: str) -> None:
     """Build the report from the rule's inputs and write it."""
     import torch
@@ -396,7 +443,7 @@ def run(metrics_tsv: str, training_tsv: str, model_path: str, tiles_npz: list[st
     text = build_html(
         metrics=read_tsv(metrics_tsv), training_tsv=training_tsv, views=views,
         registrations=[io.read_json(p) for p in registration_json],
-        overlays=dict(zip(sections, overlays, strict=True)),
+        overlays=dict(zip(sections, overlays, strict=True)), rounds=read_tsv(rounds_tsv),
         ingests=[io.read_json(p) for p in ingest_json], config=config, simulated=simulated,
         zoom_um=zoom_size_um, model=model,
     )

@@ -166,6 +166,8 @@ def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: d
         "margin": params.margin,
         "n_tiles": len(tiles),
         "mask_fraction": float(mask.mean()),
+        "registration_status": registration.get("status", "ok"),
+        "use_for_training": bool(registration.get("use_for_training", True)),
     }
     return {"em": em, "fm": fm.astype(np.float32), "mask": mask, "tiles": tiles}, meta
 

@@ -57,6 +57,8 @@ class SectionData:
     starts: np.ndarray  # (N, 2) window origins fully inside the mask
     pixel_size_m: float
     channels: list[str]
+    registration_status: str = "ok"
+    use_for_training: bool = True
 
 
 def load_sections(tiles_npz: list[str | Path], tile_size: int) -> list[SectionData]:
@@ -70,7 +72,8 @@ def load_sections(tiles_npz: list[str | Path], tile_size: int) -> list[SectionDa
         starts = window_origins(mask, tile_size)
         out.append(SectionData(meta["section"], meta["split"], arrays["em"], arrays["fm"],
                                mask, starts, float(meta["target_pixel_size_m"]),
-                               meta["channels"]))
+                               meta["channels"], meta.get("registration_status", "ok"),
+                               bool(meta.get("use_for_training", True))))
     return out
 
 
@@ -117,6 +120,32 @@ class WindowSampler:
             xs.append(np.ascontiguousarray(x))
             ys.append(np.ascontiguousarray(y))
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys))
+
+
+def trustworthy(sections: list[SectionData]) -> list[SectionData]:
+    """The sections whose registration may train and validate the network.
+
+    A section whose registration is not trustworthy (``use_for_training`` false in its
+    tiles: a failed or low-confidence registration) would teach the network blur or a
+    wrong placement, and would choose the checkpoint on a wrong target.
+
+    Raises:
+        ValueError: no training section is left.
+    """
+    for s in sections:
+        if not s.use_for_training:
+            log.warning("%s (%s) left out of training and validation: its registration is "
+                        "%s (see results/registration/%s.json)", s.name, s.split,
+                        s.registration_status, s.name)
+    kept = [s for s in sections if s.use_for_training]
+    if not any(s.split == "train" for s in kept):
+        raise ValueError(
+            "no training section has a trustworthy registration ("
+            + ", ".join(f"{s.name}: {s.registration_status}" for s in sections if
+                        s.split == "train") + "). Fix: check the registration QC in "
+            "results/registration/, widen the capture range (register.max_shift_um …) or "
+            "set register.on_failure: metadata to trust the stage metadata")
+    return kept
 
 
 def _seed_everything(seed: int) -> None:
@@ -171,7 +200,7 @@ def train(
     n_threads = set_threads(threads)
     _seed_everything(params.seed)
     device = choose_device(params.device)
-    sections = load_sections(tiles_npz, tile_size)
+    sections = trustworthy(load_sections(tiles_npz, tile_size))
     train_s = [s for s in sections if s.split == "train"]
     val_s = [s for s in sections if s.split == "val" and s.mask.any()] or train_s
     em_scale = round(sections[0].em.shape[0] / sections[0].mask.shape[0])
@@ -201,6 +230,7 @@ def train(
         "target_pixel_size_m": float(np.mean([s.pixel_size_m for s in train_s])),
         "margin": margin, "tile_size": tile_size,
         "train_sections": [s.name for s in train_s], "val_sections": [s.name for s in val_s],
+        "excluded_sections": sorted(set(_names(tiles_npz)) - {s.name for s in sections}),
         "params": asdict(params),
     }
     t0 = time.perf_counter()
@@ -241,6 +271,10 @@ def train(
     log.info("best step %d, mean validation PCC %.4f, %.0f s", best["step"],
              best["val_pcc_mean"], time.perf_counter() - t0)
     return best
+
+
+def _names(tiles_npz: list[str | Path]) -> list[str]:
+    return [Path(p).stem for p in tiles_npz]
 
 
 def _save(model: torch.nn.Module, meta: dict, path: str | Path) -> None:

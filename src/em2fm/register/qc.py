@@ -1,0 +1,44 @@
+"""QC figure of a registration: the FM (green) over the EM (magenta), one panel per transform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from ..geometry import ImageGeometry, smooth_resample, warp
+
+QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)
+
+
+def _standardise(a: np.ndarray) -> np.ndarray:
+    lo, hi = np.nanpercentile(a, [0.5, 99.5])
+    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
+
+
+def overlay_png(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
+                transforms: dict[str, np.ndarray], path: str | Path, title: str) -> None:
+    """Write one panel per FM→EM px transform: EM magenta, FM green (white where both)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    em_px_nm = em_geometry.pixel_size_m[0] * 1e9
+    factor = max(QC_PIXEL_NM / em_px_nm, 1.0)
+    fixed, fixed_to_em = smooth_resample(em, factor, sigma_px=0.5 * factor)
+    fixed = _standardise(fixed)
+    n = len(transforms)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True,
+                             squeeze=False)
+    for ax, (label, m) in zip(axes[0], transforms.items(), strict=True):
+        warped = warp(fm, np.linalg.inv(fixed_to_em) @ m, fixed.shape)
+        g = _standardise(np.nan_to_num(warped, nan=float(np.nanmin(warped))))
+        ax.imshow(np.stack([fixed, g, fixed], axis=-1), interpolation="nearest")
+        ax.set_title(label)
+        ax.set_axis_off()
+    fig.suptitle(title)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=70)
+    plt.close(fig)
