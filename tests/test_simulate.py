@@ -16,16 +16,9 @@ from scipy.spatial import cKDTree
 
 from em2fm.geometry import ImageGeometry, apply_affine, grid_points, moving_to_fixed_px
 from em2fm.simulate import (
-    _ACINAR,
-    _ALPHA,
-    _BETA,
-    _GLUCAGON,
-    _INSULIN,
-    _ZYMOGEN,
     LABELS,
     SimulatedSection,
     SimulationParams,
-    _simulate_fm,
     correlated_noise,
     fine_geometry,
     illumination_profile,
@@ -36,6 +29,8 @@ from em2fm.simulate import (
     simulate_section,
     truth_metadata,
 )
+from em2fm.simulate.anatomy import _ACINAR, _ALPHA, _BETA, _GLUCAGON, _INSULIN, _ZYMOGEN
+from em2fm.simulate.section import _simulate_fm
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "simulate.schema.yaml"
 

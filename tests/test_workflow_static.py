@@ -45,7 +45,8 @@ def test_one_rule_file_script_module_and_test_per_stage():
         assert stage in names, f"rule {stage} missing"
         assert (ROOT / "rules" / f"{stage}.smk").exists()
         assert (ROOT / "scripts" / f"{stage}.py").exists()
-        assert (ROOT / "src" / "em2fm" / f"{stage}.py").exists()
+        module = ROOT / "src" / "em2fm" / stage
+        assert module.with_suffix(".py").exists() or (module / "__init__.py").exists()
         assert (ROOT / "tests" / f"test_{stage}.py").exists()
 
 
@@ -61,6 +62,15 @@ def test_rule_has_log_benchmark_conda_threads_resources(rule):
     assert _quoted(block, "benchmark").startswith("results/benchmarks/")
 
 
+def _module_file(dotted: str) -> Path | None:
+    """Source file of an em2fm module (``em2fm.x.y`` → ``x/y.py`` or ``x/y/__init__.py``)."""
+    path = ROOT / "src" / Path(*dotted.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def _module_imports(path: Path, seen: set[Path]) -> set[str]:
     """Third-party top-level imports of a file and of the em2fm modules it imports."""
     if path in seen:
@@ -68,31 +78,38 @@ def _module_imports(path: Path, seen: set[Path]) -> set[str]:
     seen.add(path)
     tree = ast.parse(path.read_text())
     out: set[str] = set()
-    pkg = ROOT / "src" / "em2fm"
+    src = ROOT / "src"
+    package = path.parent  # the package of a module, or of an __init__.py
     for node in ast.walk(tree):
         mods: list[str] = []
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # from . import x / from .x import y
-                base = node.module
-                targets = [base] if base else [a.name for a in node.names]
-                for t in targets:
-                    f = pkg / f"{t.split('.')[0]}.py"
-                    if f.exists():
-                        out |= _module_imports(f, seen)
-                continue
-            mods = [node.module or ""]
-            if node.module == "em2fm":
-                mods = [f"em2fm.{a.name}" for a in node.names]
+            if node.level:  # from . import x / from .x import y / from ..x import y
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.parent
+                prefix = ".".join(base.relative_to(src).parts)
+                mods = [f"{prefix}.{node.module}"] if node.module else []
+                mods += [f"{prefix}.{node.module + '.' if node.module else ''}{a.name}"
+                         for a in node.names]
+            else:
+                mods = [node.module or ""]
+                mods += [f"{node.module}.{a.name}" for a in node.names]
         for mod in mods:
             top = mod.split(".")[0]
             if top == "em2fm":
-                sub = mod.split(".")[1] if "." in mod else "__init__"
-                out |= _module_imports(pkg / f"{sub}.py", seen)
+                module = _module_file(mod)
+                if module is not None:
+                    out |= _module_imports(module, seen)
             elif top and top not in sys.stdlib_module_names and top != "snakemake":
                 out.add(top)
     return out
+
+
+def test_module_imports_follow_subpackages():
+    found = _module_imports(ROOT / "scripts" / "simulate.py", set())
+    assert {"numpy", "scipy", "tifffile"} <= found, found
 
 
 @pytest.mark.parametrize("rule", [r for r in sorted(rules()) if r != "all"])
