@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
-import yaml
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -22,6 +24,7 @@ from em2fm.simulate import (
     correlated_noise,
     fine_geometry,
     illumination_profile,
+    parameter_table,
     pixel_points_um,
     psf_sigma_nm,
     section_fm_acquisition,
@@ -32,7 +35,7 @@ from em2fm.simulate import (
 from em2fm.simulate.anatomy import _ACINAR, _ALPHA, _BETA, _GLUCAGON, _INSULIN, _ZYMOGEN
 from em2fm.simulate.section import _simulate_fm
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "simulate.schema.yaml"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 # 12.8 µm SEM field at 25 nm/px, 20.4 µm FM field; alpha cells everywhere in the islet so
 # that both endocrine kinds are in the small field.
@@ -100,8 +103,8 @@ def test_invalid_values_are_rejected(bad: dict) -> None:
         SimulationParams.from_config(bad)
 
 
-def test_schema_file_matches_dataclass() -> None:
-    schema = yaml.safe_load(SCHEMA.read_text())
+def test_json_schema_matches_the_dataclass() -> None:
+    schema = SimulationParams.json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["additionalProperties"] is False
     defaults = {f.name: f.default for f in dataclasses.fields(SimulationParams)}
@@ -110,10 +113,21 @@ def test_schema_file_matches_dataclass() -> None:
         entry = schema["properties"][name]
         assert entry["default"] == default and type(entry["default"]) is type(default), name
         assert entry["description"], name
-    assert schema == SimulationParams.json_schema()
     jsonschema.validate(defaults, schema)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"bogus": 1}, schema)
+        jsonschema.validate({"em_size_px": 10}, schema)
+
+
+def test_parameter_table_lists_every_field() -> None:
+    table = parameter_table()
+    rows = {line.split()[0]: line for line in table.splitlines() if line and line[0] != " "}
+    for f in dataclasses.fields(SimulationParams):
+        assert f.name in rows, f.name
+    assert "[64, 8192]" in rows["em_size_px"] and "2560" in rows["em_size_px"]
+    assert "(0, 1.5]" in rows["fm_numerical_aperture"]
+    out = subprocess.run([sys.executable, "-m", "em2fm.simulate"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert table in out.stdout
 
 
 # ----------------------------------------------------------------------------- structure

@@ -21,6 +21,9 @@ CONDA_NAME = {"numpy": "numpy", "scipy": "scipy", "tifffile": "tifffile",
               "yaml": "pyyaml", "imagecodecs": "imagecodecs"}
 # packages needed at run time by another one (tifffile decodes Odemis's LZW pages with it)
 IMPLIED = {"tifffile": {"imagecodecs"}}
+# snakemake and its own dependencies, imported lazily only in the Snakemake process at
+# workflow start (em2fm.config.check validates simulate.params with jsonschema), never in a job
+WORKFLOW_ONLY = {"snakemake", "jsonschema"}
 
 
 def rules() -> dict[str, str]:
@@ -102,7 +105,7 @@ def _module_imports(path: Path, seen: set[Path]) -> set[str]:
                 module = _module_file(mod)
                 if module is not None:
                     out |= _module_imports(module, seen)
-            elif top and top not in sys.stdlib_module_names and top != "snakemake":
+            elif top and top not in sys.stdlib_module_names and top not in WORKFLOW_ONLY:
                 out.add(top)
     return out
 
