@@ -68,6 +68,8 @@ def truth_metadata(sim: SimulatedSection, params: SimulationParams, index: int,
         "seed": seed,
         "fm_to_em_px": moving_to_fixed_px(sim.fm_geometry_true, sim.em_geometry),
         "fm_to_em_px_metadata": moving_to_fixed_px(sim.fm_geometry_meta, sim.em_geometry),
+        "fm_pixel_size_error_frac": (sim.fm_geometry_true.pixel_size_m[0]
+                                     / sim.fm_geometry_meta.pixel_size_m[0] - 1.0),
         "fm_geometry_true": geom(sim.fm_geometry_true),
         "fm_geometry_metadata": geom(sim.fm_geometry_meta),
         "em_geometry": geom(sim.em_geometry),

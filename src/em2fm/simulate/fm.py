@@ -82,10 +82,14 @@ def _fm_photons(params: SimulationParams, tissue: Tissue, geometry: ImageGeometr
 
     Fluorophore densities (labelling factors included) are blurred by the PSF widened by
     the section's defocus, integrated into pixels, then scaled by the illumination profile
-    and the section's per-channel brightness; the camera offset is added later.
+    and the section's per-channel brightness; the camera offset is added later. ``geometry``
+    is the TRUE FM placement: its pixel size includes the calibration error.
     """
-    factor = math.ceil(params.fm_pixel_size_nm / params.fm_render_pitch_max_nm - 1e-9)
-    pitch_nm = params.fm_pixel_size_nm / factor
+    # true pixel size (nm); exactly the nominal one when the geometry carries it
+    pixel_nm = params.fm_pixel_size_nm * (geometry.pixel_size_m[0]
+                                          / (params.fm_pixel_size_nm * 1e-9))
+    factor = math.ceil(pixel_nm / params.fm_render_pitch_max_nm - 1e-9)
+    pitch_nm = pixel_nm / factor
     sigma = {c: math.hypot(psf_sigma_nm(params, em), acquisition.defocus_sigma_nm) for c, em in
              (("h", params.hoechst_emission_nm), ("i", params.insulin_emission_nm))}
     margin = math.ceil(4 * max(sigma.values()) / pitch_nm) + 2

@@ -181,9 +181,14 @@ class _Layers:
         return halo, core
 
     def em_outputs(self) -> dict[str, np.ndarray]:
-        """Stain density (0 = resin) and tissue class label per point."""
+        """Stain density (0 = resin) and tissue class label per point.
+
+        Chromatin contrast against the cytoplasm is scaled by ``em_chromatin_contrast``
+        (skipped at 1, the default model, so that its output is unchanged).
+        """
         fine = self.fine
-        stain = _CYTO_STAIN[self.kind] + 0.035 * fine
+        cytoplasm = _CYTO_STAIN[self.kind] + 0.035 * fine
+        stain = cytoplasm
         stain = _mix(stain, self.rer_stain, self.rer_opacity)
         halo, core_level = self._granule_level()
         stain = _mix(stain, halo, self.outer)
@@ -191,6 +196,9 @@ class _Layers:
         stain = _mix(stain, STAIN_DENSITY["granule_membrane"], self.rim)
         chromatin = _mix(STAIN_DENSITY["euchromatin"] + 0.05 * fine,
                          STAIN_DENSITY["heterochromatin"] + 0.04 * fine, self.heterochromatin)
+        contrast = self.tissue.params.em_chromatin_contrast
+        if contrast != 1.0:
+            chromatin = _mix(cytoplasm, chromatin, contrast)
         chromatin = _mix(chromatin, STAIN_DENSITY["nucleolus"] + 0.08 * fine, self.nucleolus)
         stain = _mix(stain, chromatin, self.nucleus)
         stain = _mix(stain, STAIN_DENSITY["nuclear_envelope"], self.envelope)

@@ -54,6 +54,12 @@ class SimulationParams:
         384, "FM field side (px, square).", minimum=16, maximum=4096)
     fm_pixel_size_nm: float = _param(
         106.4, "FM camera pixel size at the sample (nm).", minimum=20.0, maximum=1000.0)
+    fm_pixel_size_error_max_frac: float = _param(
+        0.005, "Largest calibration error of the FM pixel size (dimensionless fraction): per "
+        "section the TRUE FM pixel size is fm_pixel_size_nm·(1 + u), u uniform in ±max, while "
+        "the metadata keeps the nominal fm_pixel_size_nm (a SECOM's FM pixel size is "
+        "typically off by 0.3-1 %). The truth's fm_to_em_px carries the true scale; 0 "
+        "disables it.", minimum=0.0, maximum=0.05)
     fm_render_pitch_max_nm: float = _param(
         25.0, "Largest sampling pitch at which FM fluorophore density is rendered (nm).",
         minimum=2.0, maximum=50.0)
@@ -196,6 +202,12 @@ class SimulationParams:
     em_stain_level_adu: float = _param(
         43000.0, "SEM signal of the densest stained structure, stain density 1 (ADU).",
         minimum=0.0)
+    em_chromatin_contrast: float = _param(
+        1.0, "Multiplier (dimensionless) of the SEM stain contrast of chromatin (euchromatin "
+        "and heterochromatin) against the owner cell's cytoplasm: 1 is the default model, 0 "
+        "stains chromatin like the surrounding cytoplasm (nuclei then show only by their "
+        "envelope and nucleolus), 2 doubles the contrast. For an SEM contrast that does not "
+        "mirror the FM chromatin stain.", minimum=0.0, maximum=2.0)
     em_significant_bits: int = _param(
         16, "Bit depth of the SEM data (SignificantBits).", minimum=8, maximum=16)
     em_invert: bool = _param(
@@ -231,6 +243,12 @@ class SimulationParams:
         "Post-embedding Hoechst staining of resin sections depends on how much chromatin "
         "the section surface exposes and on local resin penetration, which the SEM does "
         "not show; 0 disables it.", minimum=0.0, maximum=2.0)
+    hoechst_stained_nucleus_fraction: float = _param(
+        1.0, "Fraction (dimensionless) of nuclei whose DNA takes up the Hoechst stain, "
+        "drawn per nucleus. Post-embedding chromatin staining can be sparse: few nuclei "
+        "shine in FM while the SEM shows all of them. Unstained nuclei have no Hoechst DNA "
+        "signal; the aspecific RNA signal, bleed-through, autofluorescence and background "
+        "stay.", minimum=0.0, maximum=1.0)
     hoechst_rna_fraction: float = _param(
         0.25, "Aspecific Hoechst signal of rough-ER RNA relative to euchromatin DNA.",
         minimum=0.0)
@@ -331,7 +349,8 @@ class SimulationParams:
                 raise ValueError(f"simulate: {low} must not exceed {high}")
         if self.em_stain_level_adu > 2**self.em_significant_bits - 1:
             raise ValueError("simulate: em_stain_level_adu exceeds em_significant_bits")
-        if self.fm_field_um / 2 <= self.em_reach_in_fm_um:
+        if self.fm_field_um * (1 - self.fm_pixel_size_error_max_frac) / 2 <= (
+                self.em_reach_in_fm_um):
             raise ValueError(
                 f"simulate: the FM field ({self.fm_field_um:.1f} µm) cannot hold the SEM field "
                 f"(needs > {2 * self.em_reach_in_fm_um:.1f} µm with the configured rotation "
@@ -345,7 +364,7 @@ class SimulationParams:
 
     @property
     def fm_field_um(self) -> float:
-        """FM field width (µm)."""
+        """Nominal FM field width (µm), from the nominal pixel size."""
         return self.fm_size_px * self.fm_pixel_size_nm * 1e-3
 
     @property

@@ -32,7 +32,8 @@ class SimulatedSection:
         fm: (C, Y, X) uint16 measured widefield FM, camera counts (ADU).
         channels: ``(name, excitation_nm, emission_nm)`` per FM channel.
         fm_geometry_meta: FM placement as written to metadata (true + stage error).
-        fm_geometry_true: true FM placement.
+        fm_geometry_true: true FM placement (true pixel size: nominal × (1 + calibration
+            error), see ``fm_pixel_size_error_max_frac``).
         fm_clean: (C, Y, X) float32 expectation of ``fm`` (ADU), offset, background,
             autofluorescence, aspecific binding and bleed-through included.
         fm_specific: (C, Y, X) float32 noise-free ADU of the specific label only (no offset,
@@ -77,14 +78,18 @@ def section_em_geometry(params: SimulationParams, index: int) -> ImageGeometry:
 def _fm_geometries(
     params: SimulationParams, em: ImageGeometry, rng: np.random.Generator
 ) -> tuple[ImageGeometry, ImageGeometry]:
-    """True and metadata FM placements (true rotation jittered, metadata off by stage error)."""
+    """True and metadata FM placements.
+
+    The true rotation is jittered; the metadata is off by the stage error (centre, rotation)
+    and keeps the nominal pixel size while the true one is off by the calibration error
+    ``u`` (``fm_pixel_size_error_max_frac``), drawn last so that the other draws do not
+    depend on it (``u = 0``: the true pixel size is exactly the nominal one).
+    """
     rotation = math.radians(
         params.fm_rotation_deg + rng.uniform(-1.0, 1.0) * params.fm_rotation_jitter_deg)
     centre = np.asarray(em.centre_m) + _random_in_disc(rng, params.fm_centre_offset_max_um) * 1e-6
     pixel = params.fm_pixel_size_nm * 1e-9
     shape = (params.fm_size_px, params.fm_size_px)
-    true = ImageGeometry(shape, (pixel, pixel), (float(centre[0]), float(centre[1])),
-                         rotation % (2 * math.pi))
     shift = rng.uniform(params.fm_meta_shift_min_um, params.fm_meta_shift_max_um) * 1e-6
     direction = rng.uniform(0.0, 2 * math.pi)
     rotation_error = math.radians(
@@ -96,6 +101,10 @@ def _fm_geometries(
          float(centre[1] + shift * math.sin(direction))),
         (rotation + rotation_error) % (2 * math.pi),
     )
+    scale = 1.0 + rng.uniform(-1.0, 1.0) * params.fm_pixel_size_error_max_frac
+    true_pixel = pixel * scale
+    true = ImageGeometry(shape, (true_pixel, true_pixel), (float(centre[0]), float(centre[1])),
+                         rotation % (2 * math.pi))
     return true, meta
 
 

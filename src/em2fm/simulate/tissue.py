@@ -61,7 +61,10 @@ class _Labelling:
     arrays, so a CV changes the factors' spread, never which random numbers are used.
 
     Attributes:
-        hoechst_nucleus: (N cells,) Hoechst staining factor of each cell's nucleus.
+        hoechst_nucleus: (N cells,) Hoechst staining factor of each cell's nucleus, 0 for
+            the nuclei that take up no stain (``hoechst_stained``).
+        hoechst_stained: (N cells,) whether each nucleus takes up the Hoechst stain
+            (probability ``hoechst_stained_nucleus_fraction``).
         insulin_cell: (N cells,) insulin labelling factor of each cell (used for beta cells).
         insulin_granule: (M organelles,) labelling factor of each granule's exposed core.
         insulin_organelle: (M,) total insulin factor of each organelle: its host cell's
@@ -69,6 +72,7 @@ class _Labelling:
     """
 
     hoechst_nucleus: np.ndarray
+    hoechst_stained: np.ndarray
     insulin_cell: np.ndarray
     insulin_granule: np.ndarray
     insulin_organelle: np.ndarray
@@ -76,14 +80,20 @@ class _Labelling:
     @classmethod
     def make(cls, rng: np.random.Generator, params: SimulationParams, cells: _Cells,
              organelles: _Organelles, warp: _Warp) -> _Labelling:
-        """Draw the factors from ``rng`` (cells first, then organelles)."""
+        """Draw the factors from ``rng`` (cells first, then organelles).
+
+        Which nuclei take up Hoechst is drawn last (N uniforms), so it changes no other
+        factor; with ``hoechst_stained_nucleus_fraction = 1`` every nucleus is stained.
+        """
         n, m = len(cells.seeds), len(organelles.kind)
         hoechst = _lognormal_factor(rng.standard_normal(n), params.hoechst_nucleus_cv)
         cell = _lognormal_factor(rng.standard_normal(n), params.insulin_cell_cv)
         granule = _lognormal_factor(rng.standard_normal(m), params.insulin_granule_cv)
         host = (cells.membrane_distance(warp(organelles.centre))[0] if m
                 else np.zeros(0, int))
-        return cls(hoechst, cell, granule, cell[host] * granule)
+        stained = rng.uniform(size=n) < params.hoechst_stained_nucleus_fraction
+        hoechst = np.where(stained, hoechst, 0.0)
+        return cls(hoechst, stained, cell, granule, cell[host] * granule)
 
 
 
@@ -158,12 +168,29 @@ class Tissue:
 def build_tissue(params: SimulationParams, rng: np.random.Generator,
                  em: ImageGeometry, fm_true: ImageGeometry,
                  labelling_rng: np.random.Generator | None = None) -> Tissue:
-    """Tissue covering the SEM field and the true FM field (plus the PSF margin)."""
-    corners = np.array([[-0.5, -0.5], [fm_true.shape_yx[1] - 0.5, fm_true.shape_yx[0] - 0.5]])
-    corners = np.array([[x, y] for x in corners[:, 0] for y in corners[:, 1]])
-    matrix = fm_true.pixel_to_stage()
-    stage = corners @ matrix[:2, :2].T + matrix[:2, 2]
-    half = float(np.abs(stage - np.asarray(em.centre_m)).max()) * 1e6 + 1.0
+    """Tissue covering the SEM field and the true FM field (plus the PSF margin).
+
+    The box is that of the FM field with the NOMINAL pixel size, so that the FM pixel-size
+    calibration error does not change the tissue; the tissue is defined well beyond the box
+    (cells up to 2.5 cells, organelles ≥ 1.9 µm further), and the box grows only where the
+    true FM field reaches more than :data:`_TISSUE_SLACK_UM` beyond it (large errors).
+    """
+    nominal = params.fm_pixel_size_nm * 1e-9
+    fm_nominal = ImageGeometry(fm_true.shape_yx, (nominal, nominal), fm_true.centre_m,
+                               fm_true.rotation_rad, fm_true.shear)
+    half = max(_reach_um(em, fm_nominal), _reach_um(em, fm_true) - _TISSUE_SLACK_UM)
     return Tissue(params, rng, em.centre_m, half, labelling_rng)
+
+
+_TISSUE_SLACK_UM = 0.5  # how far the true FM field may reach beyond the tissue box (µm)
+
+
+def _reach_um(em: ImageGeometry, fm: ImageGeometry) -> float:
+    """Half side (µm) of the square around the SEM centre holding the FM field, + 1 µm."""
+    corners = np.array([[-0.5, -0.5], [fm.shape_yx[1] - 0.5, fm.shape_yx[0] - 0.5]])
+    corners = np.array([[x, y] for x in corners[:, 0] for y in corners[:, 1]])
+    matrix = fm.pixel_to_stage()
+    stage = corners @ matrix[:2, :2].T + matrix[:2, 2]
+    return float(np.abs(stage - np.asarray(em.centre_m)).max()) * 1e6 + 1.0
 
 
