@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import yaml
 
-from em2fm.config import coerce_to_schema, load_schema
+from em2fm.config import ConfigError, check, coerce_to_schema, load_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(ROOT / "schemas" / "config.schema.yaml")
@@ -69,8 +69,6 @@ def _valid_config() -> dict:
      (lambda c: c["tiles"].update(tile_size=30), "not a multiple")],
 )
 def test_cross_key_checks(edit, match):
-    from em2fm.config import ConfigError, check
-
     config = _valid_config()
     check(config)  # the shipped config passes
     edit(config)
@@ -78,11 +76,43 @@ def test_cross_key_checks(edit, match):
         check(config)
 
 
-def test_config_lists_every_simulator_parameter_with_its_default():
-    from dataclasses import fields
-
-    from em2fm.simulate import SimulationParams
+def test_simulate_params_default_to_the_dataclass():
+    from em2fm.simulate.params import SimulationParams
 
     params = yaml.safe_load((ROOT / "config.yaml").read_text())["simulate"]["params"]
-    assert set(params) == {f.name for f in fields(SimulationParams)}
+    assert params == {}  # one source of truth: SimulationParams
     assert SimulationParams.from_config(params) == SimulationParams()
+    assert not (ROOT / "schemas" / "simulate.schema.yaml").exists()
+
+
+def test_simulate_params_command_line_strings_are_coerced():
+    # what `--config 'simulate={params: {em_size_px: 2048, em_invert: true}}'` gives
+    cli = {"simulate": {"params": {"em_size_px": "2048", "em_invert": "true",
+                                   "em_dwell_time_s": "1e-6", "hoechst_channel_name": "DAPI"}}}
+    out = coerce_to_schema(cli, SCHEMA)["simulate"]["params"]
+    assert out == {"em_size_px": 2048, "em_invert": True, "em_dwell_time_s": 1e-6,
+                   "hoechst_channel_name": "DAPI"}
+    assert isinstance(out["em_size_px"], int)
+    config = _valid_config()
+    config["simulate"]["params"] = out
+    check(config)
+
+
+def test_simulate_params_unknown_key_is_named():
+    config = _valid_config()
+    config["simulate"]["params"] = {"em_pixel_size_um": 0.01}
+    with pytest.raises(ConfigError, match=r"em_pixel_size_um.*em_pixel_size_nm.*em2fm\.simulate"):
+        check(config)
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"em_size_px": "abc"}, r"simulate\.params\.em_size_px.*integer"),
+    ({"em_size_px": 20}, r"simulate\.params\.em_size_px.*minimum 64"),
+    ({"fm_size_px": 128}, "cannot hold the SEM field"),  # the dataclass's cross-key check
+])
+def test_simulate_params_bad_values_are_named(params, match):
+    config = _valid_config()
+    config["simulate"]["params"] = coerce_to_schema({"simulate": {"params": params}},
+                                                    SCHEMA)["simulate"]["params"]
+    with pytest.raises(ConfigError, match=match):
+        check(config)

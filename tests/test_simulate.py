@@ -5,39 +5,39 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
-import yaml
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from em2fm.geometry import ImageGeometry, apply_affine, grid_points, moving_to_fixed_px
 from em2fm.simulate import (
-    _ACINAR,
-    _ALPHA,
-    _BETA,
-    _GLUCAGON,
-    _INSULIN,
-    _ZYMOGEN,
     LABELS,
     SimulatedSection,
     SimulationParams,
-    _simulate_fm,
     correlated_noise,
     fine_geometry,
     illumination_profile,
+    odemis_images,
+    parameter_table,
     pixel_points_um,
     psf_sigma_nm,
+    section_em_geometry,
     section_fm_acquisition,
     section_layout,
     simulate_section,
     truth_metadata,
 )
+from em2fm.simulate.anatomy import _ACINAR, _ALPHA, _BETA, _GLUCAGON, _INSULIN, _ZYMOGEN
+from em2fm.simulate.section import _fm_geometries, _simulate_fm
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "simulate.schema.yaml"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 # 12.8 µm SEM field at 25 nm/px, 20.4 µm FM field; alpha cells everywhere in the islet so
 # that both endocrine kinds are in the small field.
@@ -105,8 +105,8 @@ def test_invalid_values_are_rejected(bad: dict) -> None:
         SimulationParams.from_config(bad)
 
 
-def test_schema_file_matches_dataclass() -> None:
-    schema = yaml.safe_load(SCHEMA.read_text())
+def test_json_schema_matches_the_dataclass() -> None:
+    schema = SimulationParams.json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["additionalProperties"] is False
     defaults = {f.name: f.default for f in dataclasses.fields(SimulationParams)}
@@ -115,10 +115,21 @@ def test_schema_file_matches_dataclass() -> None:
         entry = schema["properties"][name]
         assert entry["default"] == default and type(entry["default"]) is type(default), name
         assert entry["description"], name
-    assert schema == SimulationParams.json_schema()
     jsonschema.validate(defaults, schema)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"bogus": 1}, schema)
+        jsonschema.validate({"em_size_px": 10}, schema)
+
+
+def test_parameter_table_lists_every_field() -> None:
+    table = parameter_table()
+    rows = {line.split()[0]: line for line in table.splitlines() if line and line[0] != " "}
+    for f in dataclasses.fields(SimulationParams):
+        assert f.name in rows, f.name
+    assert "[64, 8192]" in rows["em_size_px"] and "2560" in rows["em_size_px"]
+    assert "(0, 1.5]" in rows["fm_numerical_aperture"]
+    out = subprocess.run([sys.executable, "-m", "em2fm.simulate"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert table in out.stdout
 
 
 # ----------------------------------------------------------------------------- structure
@@ -137,7 +148,10 @@ def test_shapes_dtypes_and_metadata(section: SimulatedSection) -> None:
     assert section.em_geometry.rotation_rad == 0.0
     assert section.em_geometry.centre_m == pytest.approx((1.0e-3 + 2 * 0.25e-3, 6.3e-3))
     assert section.em_geometry.pixel_size_m == pytest.approx((25e-9, 25e-9))
-    assert section.fm_geometry_true.pixel_size_m == pytest.approx((106.4e-9, 106.4e-9))
+    nominal = p.fm_pixel_size_nm * 1e-9  # 106.4 nm
+    assert section.fm_geometry_meta.pixel_size_m == (nominal, nominal)
+    assert section.fm_geometry_true.pixel_size_m == pytest.approx((106.4e-9, 106.4e-9),
+                                                                  rel=p.fm_pixel_size_error_max_frac)
     rotation = math.degrees(section.fm_geometry_true.rotation_rad)
     assert abs(rotation - 6.6) <= 0.5 + 1e-9
     assert (section.em_dwell_time_s, section.em_voltage_v, section.em_current_a) == (
@@ -366,7 +380,11 @@ def test_metadata_error_within_configured_range() -> None:
         assert abs(math.degrees(rot_err)) <= p.fm_meta_rotation_error_max_deg + 1e-9
         offset = np.hypot(*np.subtract(true.centre_m, em.centre_m)) * 1e6
         assert offset <= p.fm_centre_offset_max_um + 1e-9
-        assert 0 <= meta.rotation_rad < 2 * math.pi and meta.pixel_size_m == true.pixel_size_m
+        assert 0 <= meta.rotation_rad < 2 * math.pi
+        nominal = p.fm_pixel_size_nm * 1e-9
+        assert meta.pixel_size_m == (nominal, nominal)
+        assert true.pixel_size_m[0] == true.pixel_size_m[1] == pytest.approx(
+            nominal, rel=p.fm_pixel_size_error_max_frac)
 
 
 def test_pixel_points_follow_the_geometry() -> None:
@@ -658,7 +676,8 @@ def test_fm_parameters_change_neither_tissue_nor_sem() -> None:
                   "hoechst_nucleus_cv": 0.6, "insulin_cell_cv": 0.1, "insulin_granule_cv": 0.9,
                   "hoechst_autofluorescence_e": 5.0, "zymogen_autofluorescence_ratio": 6.0,
                   "fm_vignetting_corner_ratio": 0.4, "fm_illumination_offset_max_frac": 0.9,
-                  "fm_section_brightness_cv": 0.5, "fm_defocus_sigma_max_nm": 200.0}
+                  "fm_section_brightness_cv": 0.5, "fm_defocus_sigma_max_nm": 200.0,
+                  "hoechst_stained_nucleus_fraction": 0.3}
     a = simulate_section(p, 1, SEED)
     b = simulate_section(dataclasses.replace(p, **fm_changes), 1, SEED)
     for name in ("em", "em_clean", "labels"):
@@ -669,3 +688,125 @@ def test_fm_parameters_change_neither_tissue_nor_sem() -> None:
     assert truth["fm_acquisition"] == section_fm_acquisition(p, 1, SEED).as_dict()
     expected = moving_to_fixed_px(a.fm_geometry_true, a.em_geometry)
     assert np.allclose(truth["fm_to_em_px"], expected)
+
+
+# ----------------------------------------------------------------------------- hard cases
+
+
+def _scale(matrix: object) -> float:
+    """Isotropic scale of a 3×3 affine (FM px → EM px)."""
+    return math.sqrt(abs(np.linalg.det(np.asarray(matrix, float)[:2, :2])))
+
+
+def test_fm_pixel_size_calibration_error(section: SimulatedSection) -> None:
+    """The true FM pixel size is off by the drawn factor; metadata and export keep the nominal."""
+    p = small_params()
+    nominal = p.fm_pixel_size_nm * 1e-9
+    truth = truth_metadata(section, p, 2, SEED)
+    u = truth["fm_pixel_size_error_frac"]
+    assert 0 < abs(u) <= p.fm_pixel_size_error_max_frac
+    assert _scale(truth["fm_to_em_px"]) / _scale(truth["fm_to_em_px_metadata"]) == (
+        pytest.approx(1 + u, rel=1e-9))
+    assert _scale(truth["fm_to_em_px"]) == pytest.approx(
+        nominal * (1 + u) / section.em_geometry.pixel_size_m[0], rel=1e-9)
+    assert section.fm_geometry_meta.pixel_size_m == (nominal, nominal)
+    assert odemis_images(section, p, 2)[0].pixel_size_m == (nominal, nominal)
+    assert truth["fm_geometry_true"]["pixel_size_m"][0] == pytest.approx(nominal * (1 + u))
+
+    # u is uniform in ±max and drawn last: the other draws do not depend on it
+    em = section_em_geometry(p, 0)
+    zero = dataclasses.replace(p, fm_pixel_size_error_max_frac=0.0)
+    big = dataclasses.replace(p, fm_pixel_size_error_max_frac=0.05)
+    errors = []
+    for i in range(200):
+        true0, meta0 = _fm_geometries(zero, em, np.random.default_rng(i))
+        true1, meta1 = _fm_geometries(big, em, np.random.default_rng(i))
+        assert true0.pixel_size_m == meta0.pixel_size_m == meta1.pixel_size_m == (
+            nominal, nominal)
+        assert meta1 == meta0
+        assert (true1.centre_m, true1.rotation_rad) == (true0.centre_m, true0.rotation_rad)
+        errors.append(true1.pixel_size_m[0] / nominal - 1)
+    assert max(np.abs(errors)) <= 0.05 and min(errors) < -0.04 and max(errors) > 0.04
+
+
+def test_fm_pixel_size_error_changes_neither_tissue_nor_sem() -> None:
+    p = small_params(em_size_px=128, fm_size_px=96, fm_pixel_size_error_max_frac=0.0)
+    a = simulate_section(p, 1, SEED)
+    b = simulate_section(dataclasses.replace(p, fm_pixel_size_error_max_frac=0.05), 1, SEED)
+    for name in ("em", "em_clean", "labels"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.fm_geometry_meta == b.fm_geometry_meta
+    assert a.fm_geometry_true.pixel_size_m != b.fm_geometry_true.pixel_size_m
+    assert not np.array_equal(a.fm_specific, b.fm_specific)
+
+
+def test_sparse_hoechst_staining() -> None:
+    """With fraction 0.2, about 20 % of nuclei carry Hoechst DNA signal; RNA is unchanged."""
+    sparse = small_params(hoechst_stained_nucleus_fraction=0.2)
+    stained = []
+    for index in range(3):
+        _, _, _, tissue = section_layout(sparse, index, SEED)
+        has_nucleus = tissue.cells.nuc_axes[:, 0] > 0
+        lab = tissue.labelling
+        assert np.all(lab.hoechst_nucleus[~lab.hoechst_stained] == 0)
+        assert np.all(lab.hoechst_nucleus[lab.hoechst_stained] > 0)
+        stained.extend(lab.hoechst_stained[has_nucleus])
+    assert len(stained) > 100
+    assert np.mean(stained) == pytest.approx(0.2, abs=0.08)
+
+    # the rendered DNA density: unstained nuclei have none, stained ones are unchanged
+    seen = set()
+    for index in range(3):
+        em, _, _, full = section_layout(small_params(), index, SEED)
+        _, _, _, tissue = section_layout(sparse, index, SEED)
+        grid = ImageGeometry((100, 100), (200e-9, 200e-9), em.centre_m)  # 20 µm
+        a, b = full.render(grid, em=False), tissue.render(grid, em=False)
+        owner = tissue.cells.membrane_distance(
+            tissue.warp(tissue.stage_to_local(pixel_points_um(grid))))[0].reshape(100, 100)
+        on = tissue.labelling.hoechst_stained[owner]
+        assert np.all(full.labelling.hoechst_stained)
+        assert np.array_equal(b["dna"][on], a["dna"][on]) and np.all(b["dna"][~on] == 0)
+        seen |= {"unstained"} if (a["dna"][~on] > 0).any() else set()
+        seen |= {"stained"} if (b["dna"][on] > 0).any() else set()
+        for key in ("rna", "insulin", "autofluorescence"):
+            assert np.array_equal(a[key], b[key]), key
+        if seen == {"stained", "unstained"}:
+            break
+    assert seen == {"stained", "unstained"}
+
+
+def test_em_chromatin_contrast() -> None:
+    """With contrast 0 the nuclei's mean SEM signal is that of the cytoplasm around them."""
+    nucleus_labels = [LABELS["euchromatin"], LABELS["heterochromatin"]]
+    cytoplasm_labels = [LABELS[k] for k in ("acinar_cytoplasm", "beta_cytoplasm",
+                                            "alpha_cytoplasm")]
+    results = {}
+    for contrast in (0.0, 1.0):
+        p = small_params(em_chromatin_contrast=contrast)
+        em, _, _, tissue = section_layout(p, 5, SEED)  # a section with three nuclei
+        grid = ImageGeometry((256, 256), (50e-9, 50e-9), em.centre_m)
+        rendered = tissue.render(grid, em=True)
+        adu = p.em_resin_level_adu + (p.em_stain_level_adu - p.em_resin_level_adu) * rendered[
+            "stain"]
+        label = rendered["label"]
+        near_nucleus = ndimage.binary_dilation(
+            np.isin(label, [*nucleus_labels, LABELS["nuclear_envelope"], LABELS["nucleolus"]]),
+            iterations=3)
+        nuclei, n = ndimage.label(ndimage.binary_erosion(np.isin(label, nucleus_labels),
+                                                         iterations=2))
+        diffs = []
+        for i in range(1, n + 1):
+            nucleus = nuclei == i
+            ring = (ndimage.binary_dilation(nucleus, iterations=12)
+                    & np.isin(label, cytoplasm_labels) & ~near_nucleus)
+            if nucleus.sum() >= 50 and ring.sum() >= 50:
+                diffs.append(adu[nucleus].mean() - adu[ring].mean())
+        results[contrast] = (np.abs(diffs), label, adu)
+    (flat, label0, adu0), (normal, label1, adu1) = results[0.0], results[1.0]
+    assert len(flat) >= 2
+    assert np.array_equal(label0, label1)  # the structure does not change
+    outside = ~np.isin(label0, nucleus_labels) & ~ndimage.binary_dilation(
+        np.isin(label0, nucleus_labels), iterations=2)
+    assert np.array_equal(adu0[outside], adu1[outside])
+    assert flat.max() < 300  # ADU, 1 % of the stain range
+    assert normal.max() > 1500

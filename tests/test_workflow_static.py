@@ -21,6 +21,9 @@ CONDA_NAME = {"numpy": "numpy", "scipy": "scipy", "tifffile": "tifffile",
               "yaml": "pyyaml", "imagecodecs": "imagecodecs"}
 # packages needed at run time by another one (tifffile decodes Odemis's LZW pages with it)
 IMPLIED = {"tifffile": {"imagecodecs"}}
+# snakemake and its own dependencies, imported lazily only in the Snakemake process at
+# workflow start (em2fm.config.check validates simulate.params with jsonschema), never in a job
+WORKFLOW_ONLY = {"snakemake", "jsonschema"}
 
 
 def rules() -> dict[str, str]:
@@ -45,7 +48,8 @@ def test_one_rule_file_script_module_and_test_per_stage():
         assert stage in names, f"rule {stage} missing"
         assert (ROOT / "rules" / f"{stage}.smk").exists()
         assert (ROOT / "scripts" / f"{stage}.py").exists()
-        assert _module_file(f"em2fm.{stage}") is not None, f"module em2fm.{stage} missing"
+        module = ROOT / "src" / "em2fm" / stage
+        assert module.with_suffix(".py").exists() or (module / "__init__.py").exists()
         assert (ROOT / "tests" / f"test_{stage}.py").exists()
 
 
@@ -61,23 +65,13 @@ def test_rule_has_log_benchmark_conda_threads_resources(rule):
     assert _quoted(block, "benchmark").startswith("results/benchmarks/")
 
 
-PKG = ROOT / "src" / "em2fm"
-
-
 def _module_file(dotted: str) -> Path | None:
-    """The file of an em2fm module or subpackage (``em2fm.register.steps``), if any."""
-    base = PKG.joinpath(*dotted.split(".")[1:])
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+    """Source file of an em2fm module (``em2fm.x.y`` → ``x/y.py`` or ``x/y/__init__.py``)."""
+    path = ROOT / "src" / Path(*dotted.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
         if candidate.exists():
             return candidate
     return None
-
-
-def _dotted(path: Path) -> str:
-    """Dotted name of the package a file of em2fm belongs to."""
-    rel = path.relative_to(PKG.parent).with_suffix("")
-    parts = list(rel.parts)
-    return ".".join(parts[:-1])
 
 
 def _module_imports(path: Path, seen: set[Path]) -> set[str]:
@@ -87,29 +81,38 @@ def _module_imports(path: Path, seen: set[Path]) -> set[str]:
     seen.add(path)
     tree = ast.parse(path.read_text())
     out: set[str] = set()
+    src = ROOT / "src"
+    package = path.parent  # the package of a module, or of an __init__.py
     for node in ast.walk(tree):
         mods: list[str] = []
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # from . import x / from ..x import y, inside em2fm
-                package = _dotted(path).split(".")
-                package = package[: len(package) - (node.level - 1)]
-                base = ".".join([*package, *([node.module] if node.module else [])])
-                mods = [base, *(f"{base}.{a.name}" for a in node.names)]
+            if node.level:  # from . import x / from .x import y / from ..x import y
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.parent
+                prefix = ".".join(base.relative_to(src).parts)
+                mods = [f"{prefix}.{node.module}"] if node.module else []
+                mods += [f"{prefix}.{node.module + '.' if node.module else ''}{a.name}"
+                         for a in node.names]
             else:
                 mods = [node.module or ""]
-                if node.module and node.module.split(".")[0] == "em2fm":
-                    mods += [f"{node.module}.{a.name}" for a in node.names]
+                mods += [f"{node.module}.{a.name}" for a in node.names]
         for mod in mods:
             top = mod.split(".")[0]
             if top == "em2fm":
-                f = _module_file(mod)
-                if f is not None:
-                    out |= _module_imports(f, seen)
-            elif top and top not in sys.stdlib_module_names and top != "snakemake":
+                module = _module_file(mod)
+                if module is not None:
+                    out |= _module_imports(module, seen)
+            elif top and top not in sys.stdlib_module_names and top not in WORKFLOW_ONLY:
                 out.add(top)
     return out
+
+
+def test_module_imports_follow_subpackages():
+    found = _module_imports(ROOT / "scripts" / "simulate.py", set())
+    assert {"numpy", "scipy", "tifffile"} <= found, found
 
 
 @pytest.mark.parametrize("rule", [r for r in sorted(rules()) if r != "all"])
