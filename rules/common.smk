@@ -78,7 +78,9 @@ REFINE_ROUNDS = int(config["register"]["refine_rounds"])
 
 def previous_round_registration(wildcards):
     """Registration JSON of the round before ``wildcards.round``."""
-    return f"results/registration/round{int(wildcards.round) - 1}/{wildcards.section}.json"
+    return (
+        f"results/registration/round{int(wildcards.round) - 1}/{wildcards.section}.json"
+    )
 
 
 def previous_round_model(wildcards):

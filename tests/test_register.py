@@ -44,7 +44,7 @@ def random_blobs(seed: int = 3, n: int = 90) -> np.ndarray:
                             CENTRE[1] + rng.uniform(-9e-6, 9e-6, n), rng.uniform(0.3, 1.0, n)])
 
 
-def lattice_blobs(period_m: float = 1.0e-6) -> np.ndarray:
+def lattice_blobs(period_m: float = 1.2e-6) -> np.ndarray:
     """A perfectly periodic pattern: every lattice shift matches equally well."""
     k = np.arange(-9, 10) * period_m
     xx, yy = np.meshgrid(CENTRE[0] + k, CENTRE[1] + k)
@@ -138,7 +138,7 @@ def test_landscape_evidence():
     one = analyse(single, 0.2)
     assert one.second_peak_ratio < 0.1 and not one.on_edge
     assert one.best_shift_um == (0.0, 0.0)
-    double = single - np.exp(-((x - 4) ** 2 + y**2) / 2.0)
+    double = single - np.exp(-((x - 5) ** 2 + y**2) / 2.0)
     assert analyse(double, 0.2).second_peak_ratio > 0.9
     edge = -np.exp(-((x - 5) ** 2 + y**2) / 2.0)
     assert analyse(edge, 0.2).on_edge

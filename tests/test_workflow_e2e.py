@@ -44,8 +44,15 @@ def test_default_chain_on_simulated_data(tiny_run):
     for r in rows:
         assert r["registration_error_nm"] < r["metadata_error_nm"]
         assert 0 < r["noise_ceiling_pcc"] <= 1
+        assert r["registration_status"] in ("ok", "low_confidence", "failed")
+    # every section went through round 0 (multimodal) and one prediction-driven round
+    rounds = read_tsv(res / "registration_rounds.tsv")
+    assert [(r["section"], r["round"]) for r in rounds] == [
+        (s, k) for s in ("S001", "S002", "S003") for k in (-1.0, 0.0, 1.0)]
+    assert (res / "registration" / "round0" / "model" / "model.pt").exists()
     # every rule logged and was benchmarked; truth stays apart from the exports
-    for rule in ("simulate", "ingest", "register", "tiles", "predict"):
+    for rule in ("simulate", "ingest", "register/round0", "register/round1", "register/final",
+                 "tiles", "predict"):
         assert len(list((res / "logs" / rule).glob("*.log"))) == 3
         assert len(list((res / "benchmarks" / rule).glob("*.tsv"))) == 3
     for name in ("train", "evaluate", "report"):
@@ -96,6 +103,29 @@ def test_one_target_runs_only_its_upstream(tiny_run, tmp_path):
     made = {p.relative_to(tmp_path / "results").parts[0] for p in
             (tmp_path / "results").rglob("*") if p.is_file()}
     assert made == {"ingest", "registration", "logs", "benchmarks"}
+
+
+def test_prediction_driven_round_repairs_a_poor_multimodal_registration(tiny_run, tmp_path):
+    """A deliberately crippled multimodal search (1 µm grid, one start, one iteration)
+    leaves the FM off; the prediction-driven round brings it back."""
+    raw = tmp_path / "exports"
+    shutil.copytree(tiny_run / "results" / "simulate" / "exports", raw)
+    truth = tiny_run / "results" / "simulate" / "truth"
+    work = tmp_path / "work"
+    snakemake(work, "results/registration/S001.json", "results/registration/S002.json",
+              "results/registration/S003.json", "--config", f"raw_dir={raw}",
+              "register={search_step_um: 1.0, starts: 1, iterations: 1, "
+              "agreement_tolerance_fm_px: 10}")
+    from em2fm.evaluate import registration_rounds
+
+    rows = registration_rounds(["S001", "S002", "S003"], work / "results" / "ingest",
+                               work / "results" / "registration", truth)
+    by = {(r["section"], r["round"]): r for r in rows}
+    worst = max(("S001", "S002", "S003"), key=lambda s: by[(s, 0)]["error_fm_px"])
+    assert by[(worst, 0)]["error_fm_px"] > 0.5  # the crippled search left it off
+    for s in ("S001", "S002", "S003"):
+        assert by[(s, 1)]["error_fm_px"] < 0.5, (s, by[(s, 0)], by[(s, 1)])
+    assert by[(worst, 1)]["error_fm_px"] < by[(worst, 0)]["error_fm_px"] / 2
 
 
 def test_missing_metadata_stops_at_ingest(tiny_run, tmp_path):

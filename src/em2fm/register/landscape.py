@@ -133,14 +133,15 @@ class Landscape:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def analyse(values: np.ndarray, step_um: float, exclusion_um: float = 0.6) -> Landscape:
+def analyse(values: np.ndarray, step_um: float, exclusion_um: float = 0.9) -> Landscape:
     """Landscape evidence of ``values`` (rows: y shift, columns: x shift, centre = 0).
 
     Args:
         values: metric on a ``(2n+1) × (2n+1)`` grid of shifts, lower is better.
         step_um: grid step (µm).
         exclusion_um: radius (µm) around the best cell where other minima are its own
-            shoulder, not a rival.
+            shoulder, not a rival (FM structures and the PSF span a few hundred nm, so a
+            minimum closer than ~1 µm belongs to the same optimum).
     """
     v = np.asarray(values, float)
     v = np.where(np.isfinite(v), v, np.nanmax(v) if np.isfinite(v).any() else 0.0)

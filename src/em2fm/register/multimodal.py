@@ -241,7 +241,7 @@ def _register(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
         r.SetMovingInitialTransform(_affine_to_sitk(initial))
         r.SetInitialTransform(tr, inPlace=True)
         r.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=params.search_step_um * 1e3 / 2, minStep=0.05,
+            learningRate=params.search_step_um * 1e3 / 2, minStep=1.0,
             numberOfIterations=params.iterations, relaxationFactor=0.6,
             gradientMagnitudeTolerance=1e-8,
         )

@@ -131,12 +131,26 @@ def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str
     return doc
 
 
+def predict_for_registration(em: np.ndarray, ingest_meta: dict, model, ckpt: dict,
+                             pixel_size_nm: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's prediction from a section's EM (no TTA) and its target px → EM px affine.
+
+    Only the EM is read; the prediction's units do not matter to the NCC.
+    """
+    from ..predict import predict_work, section_grid
+    from ..tiles import prepare_em
+
+    grid = section_grid(ingest_meta, ckpt, pixel_size_nm)
+    em_work = prepare_em(em, geometry_from_meta(ingest_meta["em"]), grid)
+    pred, _ = predict_work(model, em_work, int(ckpt["margin"]), window=64)
+    return pred, grid.target_to_em_px
+
+
 def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: str | Path,
            model_path: str | Path, round_: int, settings: dict, pixel_size_nm: float | None,
            device: str, threads: int, json_path: str | Path) -> dict:
     """Round ``round_`` ≥ 1: register the measured FM to the model's prediction; write JSON."""
-    from ..predict import choose_device, load_model, predict_work, section_grid, set_threads
-    from ..tiles import prepare_em
+    from ..predict import choose_device, load_model, set_threads
 
     checks = status_params(settings)
     capture = params_from_config(settings, 0).capture
@@ -147,13 +161,12 @@ def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: s
     set_threads(threads)
     dev = choose_device(device)
     model, ckpt = load_model(model_path, dev)
-    grid = section_grid(meta, ckpt, pixel_size_nm)
-    em_work = prepare_em(arrays["em"], em_geom, grid)
-    pred, _ = predict_work(model, em_work, int(ckpt["margin"]), window=64, device=dev)
+    pred, target_to_em = predict_for_registration(arrays["em"], meta, model, ckpt,
+                                                  pixel_size_nm)
 
     metadata = np.asarray(prev["fm_to_em_px_metadata"])
     previous = np.asarray(prev["fm_to_em_px"])
-    result = refine_to_prediction(arrays["fm"], pred, grid.target_to_em_px, previous,
+    result = refine_to_prediction(arrays["fm"], pred, target_to_em, previous,
                                   metadata, em_geom.shape_yx, em_geom.pixel_size_m[0], capture)
     multimodal_est = np.asarray(prev["fm_to_em_px_multimodal"])
     mm_status = prev["rounds"][0]["status"]
