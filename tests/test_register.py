@@ -312,3 +312,12 @@ def test_prediction_driven_round_lowers_the_error_with_a_trained_model(mini_run,
     assert out["evidence"]["accepted"] and out["round"] == 1
     assert out["status"] == "ok"  # agrees with the multimodal estimate
     assert [r["round"] for r in out["rounds"]] == [0, 1]
+
+
+def test_channel_weights_favour_informative_channels():
+    from em2fm.register.refine import channel_weights
+
+    w = channel_weights(np.array([0.8, 0.1, -0.3]))
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] > 0.98 and w[2] == 0.0
+    np.testing.assert_allclose(channel_weights(np.array([0.0, -0.1])), [0.5, 0.5])

@@ -202,7 +202,13 @@ def train(
     device = choose_device(params.device)
     sections = trustworthy(load_sections(tiles_npz, tile_size))
     train_s = [s for s in sections if s.split == "train"]
-    val_s = [s for s in sections if s.split == "val" and s.mask.any()] or train_s
+    val_s = [s for s in sections if s.split == "val" and s.mask.any()]
+    if not val_s:
+        log.warning("no validation section (with a trustworthy registration): the best "
+                    "checkpoint is chosen on the TRAINING sections, so its validation PCC is "
+                    "optimistic. Fix: give the split a validation section whose registration "
+                    "is ok")
+        val_s = train_s
     em_scale = round(sections[0].em.shape[0] / sections[0].mask.shape[0])
     mean, std = target_statistics(sections)
     cfg = UNetConfig(out_channels=len(channels), em_scale=em_scale, **unet)

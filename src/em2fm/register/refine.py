@@ -3,8 +3,8 @@
 Once a first model exists, its prediction from a section's EM is an image of
 the same kind as the measured FM: a monomodal problem. Each round registers
 the measured FM (all channels) to that prediction by normalised
-cross-correlation (NCC, the mean over channels) on the FM-resolution target
-grid:
+cross-correlation (NCC; channels weighted by how well their prediction
+correlates at best, :func:`channel_weights`) on the FM-resolution target grid:
 
 1. an exhaustive shift search by FFT over the whole capture range around the
    stage metadata (the rotation and scale of the previous estimate kept);
@@ -78,8 +78,13 @@ def _fm_on_grid(fm: np.ndarray, fm_to_target: np.ndarray, shape_yx: tuple[int, i
     return out
 
 
-def ncc(pred: np.ndarray, fm: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean over channels of the normalised cross-correlation where both are defined."""
+def ncc(pred: np.ndarray, fm: np.ndarray, mask: np.ndarray | None = None,
+        weights: np.ndarray | None = None) -> float:
+    """Weighted mean over channels of the normalised cross-correlation where both are defined.
+
+    ``weights`` (one per channel, default equal) favour the channels whose prediction
+    carries the structure; see :func:`channel_weights`.
+    """
     ok = np.all(np.isfinite(fm), axis=0) & np.all(np.isfinite(pred), axis=0)
     if mask is not None:
         ok &= mask
@@ -92,13 +97,23 @@ def ncc(pred: np.ndarray, fm: np.ndarray, mask: np.ndarray | None = None) -> flo
         a, b = a - a.mean(), b - b.mean()
         den = math.sqrt(float((a * a).sum() * (b * b).sum()))
         vals.append(float((a * b).sum() / den) if den > 0 else 0.0)
-    return float(np.mean(vals))
+    return float(np.average(vals, weights=weights))
+
+
+def channel_weights(peaks: np.ndarray) -> np.ndarray:
+    """Channel weights from each channel's best NCC: ``max(peak, 0)²``, normalised.
+
+    A channel whose prediction hardly correlates with its measurement anywhere (no islet in
+    the field for insulin, say) would only add noise to the landscape.
+    """
+    w = np.clip(np.nan_to_num(np.asarray(peaks, float)), 0.0, None) ** 2
+    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
 
 
 def ncc_map(pred: np.ndarray, fm_ext: np.ndarray, min_coverage: float = 0.98) -> np.ndarray:
     """NCC of ``pred`` (C, H, W) at every offset inside ``fm_ext`` (C, H+2R, W+2R), by FFT.
 
-    Returns a (2R+1, 2R+1) map (mean over channels; NaN where the FM covers less than
+    Returns (C, 2R+1, 2R+1) maps, one per channel (NaN where the FM covers less than
     ``min_coverage`` of the window). Offset (R, R) is the unshifted placement.
     """
     _, h, w = pred.shape
@@ -106,7 +121,7 @@ def ncc_map(pred: np.ndarray, fm_ext: np.ndarray, min_coverage: float = 0.98) ->
     ones = np.ones((h, w))
     valid = np.isfinite(fm_ext).all(axis=0).astype(np.float64)
     cover = signal.fftconvolve(valid, ones, mode="valid")
-    total = np.zeros(cover.shape)
+    out = np.zeros((pred.shape[0], *cover.shape))
     for c in range(pred.shape[0]):
         t = pred[c].astype(np.float64)
         t = t - t.mean()
@@ -116,9 +131,8 @@ def ncc_map(pred: np.ndarray, fm_ext: np.ndarray, min_coverage: float = 0.98) ->
         s1 = signal.fftconvolve(img, ones, mode="valid")
         s2 = signal.fftconvolve(img * img, ones, mode="valid")
         var = np.maximum(s2 - s1 * s1 / n, 1e-12)
-        total += num / np.sqrt(tt * var) if tt > 0 else 0.0
-    out = total / pred.shape[0]
-    out[cover < min_coverage * n] = np.nan
+        out[c] = num / np.sqrt(tt * var) if tt > 0 else 0.0
+    out[:, cover < min_coverage * n] = np.nan
     return out
 
 
@@ -160,7 +174,9 @@ def refine_to_prediction(
     off = np.round(prev_shift).astype(int)
     radius = reach + int(np.abs(off).max())
     ext = _fm_on_grid(fm, previous_t, (h + 2 * radius, w + 2 * radius), (-radius, -radius))
-    scores = ncc_map(pred, ext)
+    maps = ncc_map(pred, ext)
+    weights = channel_weights(np.nanmax(maps.reshape(len(maps), -1), axis=1))
+    scores = np.tensordot(weights, maps, axes=1)
     # map offsets (FM content moved by -d when the window moves by +d) to shifts of the FM
     shifts = -(np.arange(2 * radius + 1) - radius)
     sy = shifts[:, None] + prev_shift[1]
@@ -183,7 +199,7 @@ def refine_to_prediction(
         return corr @ previous_t
 
     def cost(u: np.ndarray) -> float:
-        v = ncc(pred, _fm_on_grid(fm, transform(u), (h, w)), pred_mask)
+        v = ncc(pred, _fm_on_grid(fm, transform(u), (h, w)), pred_mask, weights)
         return -v if np.isfinite(v) else 1.0
 
     ang_b = math.radians(capture.max_rotation_deg) * r_edge
