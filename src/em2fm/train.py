@@ -142,9 +142,10 @@ def trustworthy(sections: list[SectionData]) -> list[SectionData]:
         raise ValueError(
             "no training section has a trustworthy registration ("
             + ", ".join(f"{s.name}: {s.registration_status}" for s in sections if
-                        s.split == "train") + "). Fix: check the registration QC in "
-            "results/registration/, widen the capture range (register.max_shift_um …) or "
-            "set register.on_failure: metadata to trust the stage metadata")
+                        s.split == "train") + "). Fix: read the reasons in the registration "
+            "JSONs (results/registration/round*/<section>.json), widen the capture range "
+            "(register.max_shift_um, max_rotation_deg, max_scale) if the stage metadata can "
+            "be that far off, or set register.on_failure: metadata to trust the metadata")
     return kept
 
 

@@ -94,13 +94,14 @@ def bound_violations(summary: dict, capture: CaptureRange, tolerance: float = 0.
     sx, sy = (abs(v) * 1e-3 for v in summary["shift_nm"])
     if max(sx, sy) >= tolerance * capture.max_shift_um:
         out.append(f"shift ({summary['shift_nm'][0]:.0f}, {summary['shift_nm'][1]:.0f}) nm "
-                   f"reaches the capture range ±{capture.max_shift_um:g} µm")
+                   f"reaches the capture range ±{capture.max_shift_um:g} µm (widen "
+                   "register.max_shift_um if the stage metadata can be this far off)")
     if abs(summary["rotation_deg"]) >= tolerance * capture.max_rotation_deg:
         out.append(f"rotation {summary['rotation_deg']:.2f}° reaches the capture range "
-                   f"±{capture.max_rotation_deg:g}°")
+                   f"±{capture.max_rotation_deg:g}° (register.max_rotation_deg)")
     if abs(summary["scale_error"]) >= tolerance * capture.max_scale:
         out.append(f"scale error {100 * summary['scale_error']:.2f} % reaches the capture "
-                   f"range ±{100 * capture.max_scale:g} %")
+                   f"range ±{100 * capture.max_scale:g} % (register.max_scale)")
     return out
 
 

@@ -86,7 +86,7 @@ def _channel(meta: dict, channel: str | None) -> int:
 
 
 def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str | None,
-               settings: dict, seed: int, json_path: str | Path) -> dict:
+                   settings: dict, seed: int, json_path: str | Path) -> dict:
     """Round 0: register one section by the multimodal search; write its JSON."""
     params = params_from_config(settings, seed)
     checks = status_params(settings)
@@ -114,6 +114,8 @@ def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str
                                          em_geom.shape_yx, em_geom.pixel_size_m[0]),
         "estimate_correction": result.correction(em_geom.shape_yx, em_geom.pixel_size_m[0]),
         "evidence": {
+            "distance_from_metadata_nm": result.correction(
+                em_geom.shape_yx, em_geom.pixel_size_m[0])["shift_magnitude_nm"],
             "metric": {"name": params.metric, "description": METRICS[params.metric],
                        "stage_metadata": result.metric_metadata,
                        "registered": result.metric_registered},
@@ -147,8 +149,9 @@ def predict_for_registration(em: np.ndarray, ingest_meta: dict, model, ckpt: dic
 
 
 def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: str | Path,
-           model_path: str | Path, round_: int, settings: dict, pixel_size_nm: float | None,
-           device: str, threads: int, json_path: str | Path) -> dict:
+               model_path: str | Path, round_: int, settings: dict,
+               pixel_size_nm: float | None, device: str, threads: int,
+               json_path: str | Path) -> dict:
     """Round ``round_`` ≥ 1: register the measured FM to the model's prediction; write JSON."""
     from ..predict import choose_device, load_model, set_threads
 
@@ -191,6 +194,9 @@ def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: s
         "estimate_correction": correction_summary(result.candidate, metadata,
                                                   em_geom.shape_yx, em_geom.pixel_size_m[0]),
         "evidence": {
+            "distance_from_metadata_nm": correction_summary(
+                result.candidate, metadata, em_geom.shape_yx,
+                em_geom.pixel_size_m[0])["shift_magnitude_nm"],
             "ncc_previous": result.ncc_previous, "ncc_estimate": result.ncc_candidate,
             "accepted": bool(result.accepted and evidence_ok),
             "landscape": result.landscape.as_dict(),
@@ -210,7 +216,7 @@ def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: s
 
 
 def run_final(ingest_json: str | Path, ingest_npz: str | Path, last_json: str | Path,
-          json_path: str | Path, png_path: str | Path) -> dict:
+              json_path: str | Path, png_path: str | Path) -> dict:
     """The final registration of a section: the last round, the ``stop`` policy, QC overlay.
 
     Raises:
