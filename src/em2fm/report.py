@@ -443,7 +443,8 @@ def run(metrics_tsv: str, training_tsv: str, model_path: str, tiles_npz: list[st
     text = build_html(
         metrics=read_tsv(metrics_tsv), training_tsv=training_tsv, views=views,
         registrations=[io.read_json(p) for p in registration_json],
-        overlays=dict(zip(sections, overlays, strict=True)), rounds=read_tsv(rounds_tsv),
+        overlays=dict(zip(sections, overlays, strict=True)),
+        rounds=[{**r, "round": int(r["round"])} for r in read_tsv(rounds_tsv)],
         ingests=[io.read_json(p) for p in ingest_json], config=config, simulated=simulated,
         zoom_um=zoom_size_um, model=model,
     )
