@@ -168,7 +168,9 @@ def test_refine_status_rules():
     assert status == "low_confidence" and used and "disagree" in reasons[0]
     assert refine_status("failed", "failed", 0.8, 0.3, [], None, p)[0] == "low_confidence"
     status, used, _ = refine_status("ok", "ok", 0.05, 0.3, [], 0.2, p)
-    assert status == "ok" and not used  # inconclusive: the previous status stands
+    assert status == "low_confidence" and not used  # inconclusive: ok is not confirmed
+    status, used, _ = refine_status("ok", "ok", 0.05, 0.3, [], 0.2, p, previous_confirmed=True)
+    assert status == "ok" and not used  # confirmed by an earlier round: it stands
     assert not refine_status("ok", "ok", 0.8, 0.3, ["shift at bound"], 0.2, p)[1]
     assert use_for_training("ok", p) and not use_for_training("low_confidence", p)
     assert not use_for_training("failed", p)

@@ -36,8 +36,8 @@ class CaptureRange:
         max_scale: isotropic scale error ``|s − 1|`` (dimensionless).
     """
 
-    max_shift_um: float = 2.0
-    max_rotation_deg: float = 2.0
+    max_shift_um: float = 2.5
+    max_rotation_deg: float = 3.0
     max_scale: float = 0.02
 
 

@@ -77,8 +77,8 @@ class RegistrationParams:
     transform: str = "similarity"
     metric: str = "mattes"
     pixel_size_nm: float = 100.0
-    max_shift_um: float = 2.0
-    max_rotation_deg: float = 2.0
+    max_shift_um: float = 2.5
+    max_rotation_deg: float = 3.0
     max_scale: float = 0.02
     search_step_um: float = 0.2
     starts: int = 3

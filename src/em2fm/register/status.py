@@ -72,9 +72,15 @@ def multimodal_status(violations: list[str], warnings: list[str], second_peak_ra
 
 def refine_status(previous_status: str, multimodal_status_: str, ncc: float,
                   second_peak_ratio: float, violations: list[str],
-                  agreement_fm_px: float | None, params: StatusParams
-                  ) -> tuple[str, bool, list[str]]:
+                  agreement_fm_px: float | None, params: StatusParams,
+                  previous_confirmed: bool = False) -> tuple[str, bool, list[str]]:
     """Status after a prediction-driven round, whether its estimate is evidence, reasons.
+
+    A multimodal ``ok`` needs the confirmation of the prediction-driven round: on the
+    simulator, mutual information on a sparse, noisy stain can settle 1–2 FM px off with
+    a clean landscape, which only a second, independent estimate reveals. So an
+    inconclusive first round turns ``ok`` into ``low_confidence``; a later inconclusive
+    round keeps a status that an earlier round confirmed.
 
     Args:
         previous_status: status after the previous round.
@@ -84,6 +90,7 @@ def refine_status(previous_status: str, multimodal_status_: str, ncc: float,
         violations: capture-range violations of this round's estimate.
         agreement_fm_px: RMS difference from the multimodal estimate (None if that failed).
         params: thresholds.
+        previous_confirmed: the previous status came from a prediction-driven round.
     """
     reasons = []
     if violations:
@@ -93,9 +100,12 @@ def refine_status(previous_status: str, multimodal_status_: str, ncc: float,
                        f"< {params.refine_min_ncc:g})")
     if second_peak_ratio > params.max_second_peak_ratio:
         reasons.append(f"ambiguous NCC landscape (rival optimum at {second_peak_ratio:.2f})")
-    if reasons:  # inconclusive: the previous status stands
-        return previous_status, False, ["prediction-driven check inconclusive: "
-                                         + "; ".join(reasons)]
+    if reasons:  # inconclusive: an unconfirmed ok is no longer ok
+        status = previous_status
+        if status == "ok" and not previous_confirmed:
+            status = "low_confidence"
+        return status, False, ["prediction-driven check inconclusive, so the multimodal "
+                               "estimate is not confirmed: " + "; ".join(reasons)]
     if multimodal_status_ == "failed" or agreement_fm_px is None:
         return "low_confidence", True, [
             "the multimodal registration failed; the prediction-driven estimate (NCC "
