@@ -173,7 +173,8 @@ def run_case(job: tuple[str, str, tuple, str]) -> dict:
                  if status != "failed" else None)
     status1, used, _ = refine_status(status, status, r.ncc_candidate,
                                      r.landscape.second_peak_ratio, r.bound_violations,
-                                     agreement, checks, previous_confirmed=False)
+                                     agreement, checks, previous_confirmed=False,
+                                     accepted=r.accepted)
     est = r.fm_to_em_px if used else after_mm
     est = meta_m if status1 == "failed" else est
     out.update({"round 1": rms_difference_px(est, truth, pts), "round 1_status": status1,

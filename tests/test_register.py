@@ -167,6 +167,8 @@ def test_refine_status_rules():
     status, used, reasons = refine_status("ok", "ok", 0.8, 0.3, [], 2.5, p)
     assert status == "low_confidence" and used and "disagree" in reasons[0]
     assert refine_status("failed", "failed", 0.8, 0.3, [], None, p)[0] == "low_confidence"
+    assert refine_status("failed", "failed", 0.8, 0.3, [], None, p, accepted=False)[:2] == (
+        "failed", False)  # no better than the metadata: still failed
     status, used, _ = refine_status("ok", "ok", 0.05, 0.3, [], 0.2, p)
     assert status == "low_confidence" and not used  # inconclusive: ok is not confirmed
     status, used, _ = refine_status("ok", "ok", 0.05, 0.3, [], 0.2, p, previous_confirmed=True)

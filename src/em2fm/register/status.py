@@ -73,7 +73,8 @@ def multimodal_status(violations: list[str], warnings: list[str], second_peak_ra
 def refine_status(previous_status: str, multimodal_status_: str, ncc: float,
                   second_peak_ratio: float, violations: list[str],
                   agreement_fm_px: float | None, params: StatusParams,
-                  previous_confirmed: bool = False) -> tuple[str, bool, list[str]]:
+                  previous_confirmed: bool = False, accepted: bool = True
+                  ) -> tuple[str, bool, list[str]]:
     """Status after a prediction-driven round, whether its estimate is evidence, reasons.
 
     A multimodal ``ok`` needs the confirmation of the prediction-driven round: on the
@@ -91,6 +92,7 @@ def refine_status(previous_status: str, multimodal_status_: str, ncc: float,
         agreement_fm_px: RMS difference from the multimodal estimate (None if that failed).
         params: thresholds.
         previous_confirmed: the previous status came from a prediction-driven round.
+        accepted: the round's estimate raised the NCC above the previous estimate's.
     """
     reasons = []
     if violations:
@@ -107,6 +109,10 @@ def refine_status(previous_status: str, multimodal_status_: str, ncc: float,
         return status, False, ["prediction-driven check inconclusive, so the multimodal "
                                "estimate is not confirmed: " + "; ".join(reasons)]
     if multimodal_status_ == "failed" or agreement_fm_px is None:
+        if not accepted:
+            return previous_status, False, [
+                "the prediction-driven estimate is no better than the previous one (NCC "
+                f"{ncc:.2f}); the multimodal registration failed"]
         return "low_confidence", True, [
             "the multimodal registration failed; the prediction-driven estimate (NCC "
             f"{ncc:.2f}) is not confirmed by a second method"]

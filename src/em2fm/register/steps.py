@@ -179,7 +179,8 @@ def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: s
                  if mm_status != "failed" else None)
     status, evidence_ok, reasons = refine_status(
         prev["status"], mm_status, result.ncc_candidate, result.landscape.second_peak_ratio,
-        result.bound_violations, agreement, checks, previous_confirmed=prev["round"] > 0)
+        result.bound_violations, agreement, checks, previous_confirmed=prev["round"] > 0,
+        accepted=result.accepted)
     estimate = result.fm_to_em_px if evidence_ok else previous
     effective = _effective(status, estimate, metadata)
     doc = {
