@@ -48,6 +48,7 @@ from .landscape import (
     bound_violations,
     correction_summary,
 )
+from .qc import standardise
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +201,6 @@ def register_images(
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _standardise(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, [0.5, 99.5])
-    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
-
-
 def _register(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
               fm_geometry: ImageGeometry, params: RegistrationParams) -> RegistrationResult:
     t0 = time.perf_counter()
@@ -216,8 +212,8 @@ def _register(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
     factor = max(params.pixel_size_nm / em_px_nm, 1.0)
     sigma_em_px = 0.5 * min(fm_px_nm) / em_px_nm
     fixed_np, fixed_to_em = smooth_resample(em, factor, sigma_px=sigma_em_px)
-    fixed_np = _standardise(fixed_np)
-    moving_np = _standardise(fm.astype(np.float32))
+    fixed_np = standardise(fixed_np)
+    moving_np = standardise(fm.astype(np.float32))
     work_nm = factor * em_px_nm
     fixed = _to_sitk(fixed_np, (work_nm, work_nm),
                      (fixed_to_em[0, 2] * em_px_nm, fixed_to_em[1, 2] * em_px_nm))

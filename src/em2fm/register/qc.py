@@ -12,7 +12,8 @@ from ..geometry import ImageGeometry, smooth_resample, warp
 QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)
 
 
-def _standardise(a: np.ndarray) -> np.ndarray:
+def standardise(a: np.ndarray) -> np.ndarray:
+    """Scale to 0…1 between the 0.5th and 99.5th percentiles (NaN ignored), clipped."""
     lo, hi = np.nanpercentile(a, [0.5, 99.5])
     return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
 
@@ -28,13 +29,13 @@ def overlay_png(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
     em_px_nm = em_geometry.pixel_size_m[0] * 1e9
     factor = max(QC_PIXEL_NM / em_px_nm, 1.0)
     fixed, fixed_to_em = smooth_resample(em, factor, sigma_px=0.5 * factor)
-    fixed = _standardise(fixed)
+    fixed = standardise(fixed)
     n = len(transforms)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True,
                              squeeze=False)
     for ax, (label, m) in zip(axes[0], transforms.items(), strict=True):
         warped = warp(fm, np.linalg.inv(fixed_to_em) @ m, fixed.shape)
-        g = _standardise(np.nan_to_num(warped, nan=float(np.nanmin(warped))))
+        g = standardise(np.nan_to_num(warped, nan=float(np.nanmin(warped))))
         ax.imshow(np.stack([fixed, g, fixed], axis=-1), interpolation="nearest")
         ax.set_title(label)
         ax.set_axis_off()
