@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, optimize, signal
+from scipy import optimize, signal
 
-from ..geometry import apply_affine
+from ..geometry import apply_affine, warp
 from .landscape import (
     CaptureRange,
     Landscape,
@@ -62,20 +62,8 @@ def _fm_on_grid(fm: np.ndarray, fm_to_target: np.ndarray, shape_yx: tuple[int, i
 
     ``origin_yx`` offsets the grid (target px), for grids extended beyond the target.
     """
-    rows, cols = np.mgrid[0:shape_yx[0], 0:shape_yx[1]].astype(np.float64)
-    rows += origin_yx[0]
-    cols += origin_yx[1]
-    src = apply_affine(np.linalg.inv(fm_to_target), np.stack([cols, rows], axis=-1))
-    coords = np.stack([src[..., 1], src[..., 0]])
-    sy, sx = fm.shape[-2:]
-    outside = ((coords[0] < -0.5) | (coords[0] > sy - 0.5)
-               | (coords[1] < -0.5) | (coords[1] > sx - 0.5))
-    out = np.empty((fm.shape[0], *shape_yx), np.float32)
-    for c in range(fm.shape[0]):
-        out[c] = ndimage.map_coordinates(fm[c].astype(np.float32), coords, order=1,
-                                         mode="nearest")
-    out[:, outside] = np.nan
-    return out
+    to_grid = np.array([[1.0, 0.0, -origin_yx[1]], [0.0, 1.0, -origin_yx[0]], [0.0, 0.0, 1.0]])
+    return warp(fm, to_grid @ fm_to_target, shape_yx, order=1)
 
 
 def ncc(pred: np.ndarray, fm: np.ndarray, mask: np.ndarray | None = None,

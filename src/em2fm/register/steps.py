@@ -99,6 +99,7 @@ def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str
     status, reasons = multimodal_status(result.bound_violations, result.warnings,
                                         result.landscape.second_peak_ratio, checks)
     effective = _effective(status, result.fm_to_em_px, result.fm_to_em_px_metadata)
+    estimate_correction = result.correction(em_geom.shape_yx, em_geom.pixel_size_m[0])
     doc = {
         "section": meta["section"], "round": 0, "method": "multimodal",
         "status": status, "reasons": reasons,
@@ -112,10 +113,9 @@ def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str
         "transform": params.transform,
         "correction": correction_summary(effective, result.fm_to_em_px_metadata,
                                          em_geom.shape_yx, em_geom.pixel_size_m[0]),
-        "estimate_correction": result.correction(em_geom.shape_yx, em_geom.pixel_size_m[0]),
+        "estimate_correction": estimate_correction,
         "evidence": {
-            "distance_from_metadata_nm": result.correction(
-                em_geom.shape_yx, em_geom.pixel_size_m[0])["shift_magnitude_nm"],
+            "distance_from_metadata_nm": estimate_correction["shift_magnitude_nm"],
             "metric": {"name": params.metric, "description": METRICS[params.metric],
                        "stage_metadata": result.metric_metadata,
                        "registered": result.metric_registered},
@@ -183,6 +183,8 @@ def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: s
         accepted=result.accepted)
     estimate = result.fm_to_em_px if evidence_ok else previous
     effective = _effective(status, estimate, metadata)
+    estimate_correction = correction_summary(result.candidate, metadata, em_geom.shape_yx,
+                                             em_geom.pixel_size_m[0])
     doc = {
         **{k: prev[k] for k in ("section", "channel", "transform", "fm_to_em_px_metadata",
                                 "fm_to_em_px_multimodal", "on_failure")},
@@ -192,12 +194,9 @@ def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: s
         "estimate_fm_to_em_px": result.candidate,
         "correction": correction_summary(effective, metadata, em_geom.shape_yx,
                                          em_geom.pixel_size_m[0]),
-        "estimate_correction": correction_summary(result.candidate, metadata,
-                                                  em_geom.shape_yx, em_geom.pixel_size_m[0]),
+        "estimate_correction": estimate_correction,
         "evidence": {
-            "distance_from_metadata_nm": correction_summary(
-                result.candidate, metadata, em_geom.shape_yx,
-                em_geom.pixel_size_m[0])["shift_magnitude_nm"],
+            "distance_from_metadata_nm": estimate_correction["shift_magnitude_nm"],
             "ncc_previous": result.ncc_previous, "ncc_estimate": result.ncc_candidate,
             "accepted": bool(result.accepted and evidence_ok),
             "landscape": result.landscape.as_dict(),
