@@ -1,6 +1,6 @@
 # em2fm: predict fluorescence from electron microscopy (integrated CLEM).
-# simulate -> ingest -> register -> tiles -> train -> predict -> evaluate -> report
-# Main job: snakemake --cores 8 results/report.html
+# simulate -> ingest -> register -> tiles -> train -> predict -> evaluate -> report -> share
+# Main job: snakemake --cores 8 (results/report.html and results/share.zip)
 
 
 configfile: "config.yaml"
@@ -15,6 +15,7 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/share.smk"
 
 
 report: "report/workflow.rst"
@@ -24,3 +25,4 @@ rule all:
     default_target: True
     input:
         "results/report.html",
+        "results/share.zip",

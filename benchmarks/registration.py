@@ -199,7 +199,7 @@ def summarise(rows: list[dict], title: str) -> None:
 
 def sensitivity(model_path: str, npzs: list[Path]) -> None:
     """Test PCC of one fixed model against registration error injected on purpose."""
-    from em2fm.evaluate import pcc
+    from em2fm.metrics import pcc
     from em2fm.register.landscape import similarity_about
     from em2fm.register.steps import predict_for_registration
     from em2fm.tiles import registered_fm

@@ -110,3 +110,19 @@ def round_training_tiles_json(wildcards):
 def round_train_settings():
     """Training settings of a registration round's model (register.refine_train_steps)."""
     return {**config["train"], "steps": int(config["register"]["refine_train_steps"])}
+
+
+def upstream_benchmarks(wildcards):
+    """Benchmark files of every job the report depends on (wall time, peak memory)."""
+    rounds = range(REFINE_ROUNDS)
+    fit = PLAN.in_split("train", "val")
+    per_section = ["ingest", "register/round0", "register/final", "tiles", "predict"]
+    per_section += [f"register/round{r + 1}" for r in rounds]
+    if PLAN.simulated:
+        per_section.append("simulate")
+    files = [
+        f"results/benchmarks/{step}/{s}.tsv" for step in per_section for s in SECTIONS
+    ]
+    files += [f"results/benchmarks/tiles/round{r}/{s}.tsv" for r in rounds for s in fit]
+    files += [f"results/benchmarks/train/round{r}.tsv" for r in rounds]
+    return files + ["results/benchmarks/train.tsv", "results/benchmarks/evaluate.tsv"]

@@ -1,4 +1,4 @@
-# One self-contained HTML report: metrics, reference figures, configuration, provenance.
+# One self-contained HTML report: what was done, how good it is, where it fails, provenance.
 
 
 rule report:
@@ -15,6 +15,7 @@ rule report:
         ingest=expand("results/ingest/{section}.json", section=SECTIONS),
         registration=expand("results/registration/{section}.json", section=SECTIONS),
         overlays=expand("results/registration/{section}.png", section=SECTIONS),
+        benchmarks=upstream_benchmarks,
     output:
         report(
             "results/report.html",
@@ -35,6 +36,6 @@ rule report:
         sections=SECTIONS,
         config=config,
         simulated=PLAN.simulated,
-        zoom_size_um=config["report"]["zoom_size_um"],
+        settings=config["report"],
     script:
         "../scripts/report.py"

@@ -24,6 +24,10 @@ report.run(
     sections=snakemake.params.sections,
     config=snakemake.params.config,
     simulated=snakemake.params.simulated,
-    zoom_size_um=snakemake.params.zoom_size_um,
+    zoom_size_um=snakemake.params.settings["zoom_size_um"],
+    local_pcc_um=snakemake.params.settings["local_pcc_um"],
+    max_section_figures=snakemake.params.settings["max_section_figures"],
+    benchmarks=list(snakemake.input.benchmarks),
+    benchmark_root="results/benchmarks",
     html_path=snakemake.output[0],
 )

@@ -13,7 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_FILES = sorted((ROOT / "rules").glob("*.smk"))
-STAGES = ["simulate", "ingest", "register", "tiles", "train", "predict", "evaluate", "report"]
+STAGES = ["simulate", "ingest", "register", "tiles", "train", "predict", "evaluate", "report",
+          "share"]
 
 # import name -> conda-forge package
 CONDA_NAME = {"numpy": "numpy", "scipy": "scipy", "tifffile": "tifffile",

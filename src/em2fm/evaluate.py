@@ -2,10 +2,12 @@
 
 Per section × channel, inside the FM/EM overlap (the tiles mask):
 
-- ``pcc``, ``r2``: prediction vs the registered, measured FM;
+- ``pcc``, ``r2``, ``ssim``, ``nrmse``: prediction vs the registered, measured FM
+  (:mod:`em2fm.metrics`; SSIM and NRMSE also depend on the intensity scale, PCC does not);
 - ``pcc_baseline_em``: trivial baseline, the EM blurred to FM resolution with
   the sign (inverted or not) that correlates best on the training sections;
-- ``r2_baseline_mean``: R² of the constant training mean (its PCC is undefined);
+- ``r2_baseline_mean`` / ``nrmse_baseline_mean``: R² / NRMSE of the constant training
+  mean (its PCC and SSIM structure are undefined);
 
 and, where the ground truth of a simulation is known (evaluation is the only
 stage that may read it):
@@ -38,40 +40,21 @@ from scipy import ndimage
 
 from . import io
 from .geometry import em_field_fm_pixels, geometry_from_meta, rms_displacement
+from .metrics import nrmse, pcc, r2, ssim
 from .odemis import read_file
 from .tiles import registered_fm
 
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "section", "split", "registration_status", "channel", "n_pixels", "pcc", "r2",
-    "pcc_baseline_em", "r2_baseline_mean", "noise_ceiling_pcc", "pcc_vs_clean", "pcc_vs_specific",
-    "target_vs_clean_pcc", "registration_error_nm", "multimodal_error_nm", "metadata_error_nm",
+    "section", "split", "registration_status", "channel", "n_pixels", "pcc", "r2", "ssim",
+    "nrmse", "pcc_baseline_em", "r2_baseline_mean", "nrmse_baseline_mean", "noise_ceiling_pcc",
+    "pcc_vs_clean", "pcc_vs_specific", "target_vs_clean_pcc", "registration_error_nm",
+    "multimodal_error_nm", "metadata_error_nm",
 ]
 TEXT_COLUMNS = ("section", "split", "registration_status", "channel")
 ROUND_COLUMNS = ["section", "round", "method", "status", "accepted", "change_fm_px",
                  "error_nm", "error_fm_px"]
-
-
-def pcc(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two arrays (flattened); NaN if either is constant."""
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if a.size < 2:
-        return float("nan")
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
-def r2(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Coefficient of determination 1 − SSE/SST of ``pred`` for ``truth``."""
-    pred = np.asarray(pred, np.float64).ravel()
-    truth = np.asarray(truth, np.float64).ravel()
-    sst = ((truth - truth.mean()) ** 2).sum()
-    return float(1 - ((truth - pred) ** 2).sum() / sst) if sst > 0 else float("nan")
 
 
 def blurred_em(em_work: np.ndarray, em_scale: int, sigma_target_px: float = 1.0) -> np.ndarray:
@@ -149,13 +132,16 @@ def evaluate(sections: list[str], tiles_dir: str | Path, predictions_dir: str | 
         truth = _truth(s, truth_dir, ingest, measured, reg, meta, mask, arrays)
         for c, ch in enumerate(ingest["fm"]["channels"]):
             t = arrays["fm"][c][mask]
+            const = np.full(t.shape, train_mean[c])
             row = {
                 "section": s, "split": meta["split"],
                 "registration_status": reg.get("status", "ok"), "channel": ch["name"],
                 "n_pixels": int(mask.sum()),
                 "pcc": pcc(pred[c][mask], t), "r2": r2(pred[c][mask], t),
+                "ssim": ssim(pred[c], arrays["fm"][c], mask),
+                "nrmse": nrmse(pred[c][mask], t),
                 "pcc_baseline_em": pcc(sign[c] * em_blur[mask], t),
-                "r2_baseline_mean": r2(np.full(t.shape, train_mean[c]), t),
+                "r2_baseline_mean": r2(const, t), "nrmse_baseline_mean": nrmse(const, t),
             }
             row.update(truth(c, ch, pred[c]) if truth else {})
             rows.append(row)

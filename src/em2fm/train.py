@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import io
-from .evaluate import pcc
+from .metrics import pcc
 from .predict import choose_device, predict_work, set_threads
 from .tiles import window_origins
 from .unet import UNetConfig, build
