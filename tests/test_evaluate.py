@@ -41,6 +41,8 @@ def test_metrics_table(mini_run):
     assert test["metadata_error_nm"] == pytest.approx(282.8, abs=1)
     assert test["registration_error_nm"] < 30
     assert test["r2_baseline_mean"] <= 0.01  # a constant cannot explain variance
+    assert 0.5 < test["ssim"] <= 1
+    assert 0 < test["nrmse"] < test["nrmse_baseline_mean"]  # beats the constant mean
     assert test["pcc_vs_clean"] > 0.9
     assert {r["registration_status"] for r in rows} == {"ok"}
 
