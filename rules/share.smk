@@ -12,11 +12,7 @@ rule share:
         ingest=expand("results/ingest/{section}.json", section=SECTIONS),
         # card="results/model/model.json",  # uncomment once rule train writes the model card
     output:
-        report(
-            "results/share.zip",
-            caption="../report/share.rst",
-            category="Share",
-        ),
+        "results/share.zip",
     log:
         "results/logs/share.log",
     benchmark:

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -208,4 +210,31 @@ def check_page(html_path: str | Path, workdir: str | Path, screenshot: str | Pat
             proc.wait()
         log.close()
         shutil.rmtree(short_tmp, ignore_errors=True)
+    return result
+
+
+# ------------------------------------------------------------------ for the tests
+
+
+def require_chromium() -> str:
+    """The Chromium binary; skip without one, unless asked for (EM2FM_TEST_BROWSER=1)."""
+    path = find_chromium()
+    if path is None:
+        if os.environ.get("EM2FM_TEST_BROWSER") == "1":
+            pytest.fail("EM2FM_TEST_BROWSER=1 but no chromium on PATH (.ci/run installs it)")
+        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it and "
+                    "sets EM2FM_TEST_BROWSER=1)")
+    return path
+
+
+def browser_check(path, tmp_path, expect_images):
+    """Open a report in headless Chromium: images load, no request, no console error."""
+    result = check_page(path, tmp_path / "chromium", tmp_path / "screenshot.png",
+                        require_chromium())
+    print(result.summary())
+    assert len(result.images) == expect_images and not result.broken_images, result.images
+    assert result.network_requests == [], result.network_requests
+    assert result.console_errors == [], result.console_errors
+    assert result.dialogs == [] and result.scripts == 0
+    assert result.screenshot and result.screenshot.stat().st_size > 10_000
     return result

@@ -1,13 +1,12 @@
-import os
 import re
 from dataclasses import replace
 
 import pytest
-from chromium_check import check_page, find_chromium
+from chromium_check import browser_check, check_page, require_chromium
 
-from em2fm import io, provenance, report
+from em2fm import io, provenance, report, scalebar
 from em2fm.evaluate import read_tsv
-from em2fm.report import figures, page, scalebar, tables
+from em2fm.report import figures, page, tables
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -211,29 +210,6 @@ def test_report_grows_sub_linearly(mini_run):
     assert eight - two < 0.5 * 6 * full, (one, two, eight)  # 6 more sections: thumbnails
 
 
-def chromium() -> str:
-    """The Chromium binary; skip without one, unless asked for (EM2FM_TEST_BROWSER=1)."""
-    path = find_chromium()
-    if path is None:
-        if os.environ.get("EM2FM_TEST_BROWSER") == "1":
-            pytest.fail("EM2FM_TEST_BROWSER=1 but no chromium on PATH (.ci/run installs it)")
-        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it and "
-                    "sets EM2FM_TEST_BROWSER=1)")
-    return path
-
-
-def browser_check(path, tmp_path, expect_images):
-    """Open a report in headless Chromium: images load, no request, no console error."""
-    result = check_page(path, tmp_path / "chromium", tmp_path / "screenshot.png", chromium())
-    print(result.summary())
-    assert len(result.images) == expect_images and not result.broken_images, result.images
-    assert result.network_requests == [], result.network_requests
-    assert result.console_errors == [], result.console_errors
-    assert result.dialogs == [] and result.scripts == 0
-    assert result.screenshot and result.screenshot.stat().st_size > 10_000
-    return result
-
-
 def test_report_in_headless_chromium(mini_run, tmp_path):
     html = _build(mini_run, tmp_path / "report.html")
     browser_check(tmp_path / "report.html", tmp_path, html.count("<img "))
@@ -245,7 +221,7 @@ def test_chromium_check_sees_failures(tmp_path):
     bad.write_text("<html><body><img alt='x' src='data:image/png;base64,AAAA'>"
                    "<img alt='y' src='http://127.0.0.1:9/nothing.png'>"
                    "<script>console.error('boom'); alert(1)</script></body></html>")
-    r = check_page(bad, tmp_path / "chromium", tmp_path / "bad.png", chromium())
+    r = check_page(bad, tmp_path / "chromium", tmp_path / "bad.png", require_chromium())
     assert len(r.broken_images) == 2
     assert r.network_requests == ["http://127.0.0.1:9/nothing.png"]
     assert any("boom" in e for e in r.console_errors)

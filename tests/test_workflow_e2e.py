@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("e2e")
-    snakemake(work, "results/report.html")
+    snakemake(work, "results/report.html", "results/share.zip")
     return work
 
 
@@ -55,7 +58,7 @@ def test_default_chain_on_simulated_data(tiny_run):
                  "tiles", "predict"):
         assert len(list((res / "logs" / rule).glob("*.log"))) == 3
         assert len(list((res / "benchmarks" / rule).glob("*.tsv"))) == 3
-    for name in ("train", "evaluate", "report"):
+    for name in ("train", "evaluate", "report", "share"):
         assert (res / "logs" / f"{name}.log").exists()
         assert (res / "benchmarks" / f"{name}.tsv").exists()
     exported = [p.name for p in (res / "simulate" / "exports").rglob("*")
@@ -76,9 +79,62 @@ def test_rerun_one_stage_gives_the_same_metrics(tiny_run):
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
+def test_report_size_and_provenance(tiny_run):
+    html = (tiny_run / "results" / "report.html").read_text()
+    size = len(html.encode())
+    print(f"report.html: {size / 1e6:.2f} MB for 3 sections")
+    assert size < 3e6
+    # one test section in full, every section as a thumbnail and registration QC
+    alts = re.findall(r'<img alt="([^"]*)"', html)
+    assert {"S003 overview", "S003 zooms", "thumbnails", "histograms"} <= set(alts)
+    assert "S001 overview" not in alts
+    # wall time and peak memory of every step, from its benchmark files
+    for step in ("simulate", "ingest", "register/round0", "register/round1", "train/round0",
+                 "tiles", "train", "predict", "evaluate", "all steps", "peak memory (MB)"):
+        assert f'<td class="l">{step}</td>' in html or f">{step}<" in html, step
+    assert "git commit" in html and "Input exports with their SHA-256" in html
+
+
+def test_report_in_headless_chromium(tiny_run, tmp_path):
+    """The report as a user sees it: every image loads, no request, no console error."""
+    from chromium_check import browser_check
+
+    html = tiny_run / "results" / "report.html"
+    r = browser_check(html, tmp_path, html.read_text().count("<img "))
+    print(r.summary())
+
+
 def test_snakemake_report(tiny_run):
-    snakemake(tiny_run, "--report", "snakemake-report.zip")
-    assert (tiny_run / "snakemake-report.zip").stat().st_size > 10_000
+    """Snakemake's own report of the outputs marked with report(), beside ours."""
+    snakemake(tiny_run, "--report", "results/provenance.zip")
+    path = tiny_run / "results" / "provenance.zip"
+    assert path.stat().st_size > 10_000
+    names = zipfile.ZipFile(path).namelist()
+    assert any(n.endswith("/report.html") for n in names)
+    for output in ("metrics.tsv", "registration_rounds.tsv", "training.tsv", "S001.png"):
+        assert any(n.endswith(output) for n in names), (output, names)
+    assert (tiny_run / "results" / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_share_bundle(tiny_run):
+    path = tiny_run / "results" / "share.zip"
+    z = zipfile.ZipFile(path)
+    names = sorted(n.removeprefix("em2fm-share/") for n in z.namelist())
+    top = sorted({n.split("/")[0] for n in names})
+    print(f"share.zip: {path.stat().st_size / 1e6:.2f} MB, {len(names)} files; top level: "
+          + ", ".join(top))
+    for name in ("README.md", "report.html", "metrics.tsv", "registration_rounds.tsv",
+                 "model/model.pt", "model/training.tsv", "config.yaml", "inputs.sha256",
+                 "provenance.json", "envs/train.yaml", "workflow/Snakefile"):
+        assert name in names, name
+    assert z.read("em2fm-share/report.html") == (tiny_run / "results" / "report.html"
+                                                 ).read_bytes()
+    # the checksums verify from the run folder, as the README says (sha256sum -c)
+    lines = z.read("em2fm-share/inputs.sha256").decode().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        digest, rel = line.split("  ", 1)
+        assert hashlib.sha256((tiny_run / rel).read_bytes()).hexdigest() == digest
 
 
 def test_user_exports_with_another_channel_set(tiny_run, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import io
 from ..geometry import ImageGeometry, smooth_resample, warp
+from ..scalebar import add_scalebar
 
 QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)
 
@@ -39,6 +40,8 @@ def overlay_png(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
         ax.imshow(np.stack([fixed, g, fixed], axis=-1), interpolation="nearest")
         ax.set_title(label)
         ax.set_axis_off()
+        add_scalebar(ax, em_px_nm * np.sqrt(abs(np.linalg.det(fixed_to_em[:2, :2]))),
+                     fixed.shape[1])
     fig.suptitle(title)
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=70)

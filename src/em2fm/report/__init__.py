@@ -7,8 +7,8 @@ the best and worst regions, the low-confidence map), then the training curve, th
 registration QC, the resolved configuration and the provenance (git commit, software,
 device, wall time and peak memory per step, input checksums).
 
-Modules: :mod:`.figures` (images, data URIs), :mod:`.scalebar`, :mod:`.tables`,
-:mod:`.page` (the HTML); provenance in :mod:`em2fm.provenance` (the HTML).
+Modules: :mod:`.figures` (images, data URIs), :mod:`.tables`, :mod:`.page` (the HTML);
+shared with other stages: :mod:`em2fm.provenance`, :mod:`em2fm.scalebar`, :mod:`em2fm.metrics`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import local_pcc_map, pcc
-from .scalebar import add_scalebar
+from ..scalebar import add_scalebar
 
 
 @dataclass

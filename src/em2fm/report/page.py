@@ -191,12 +191,13 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
                                           "channel", "pcc", "ssim", "nrmse",
                                           "pcc_baseline_em"]))
     p.append(f"<p>Within each section shown below, the map <em>local PCC</em> gives the "
-             f"correlation in windows of {local_pcc_um:g} µm (blue: the prediction misses or "
-             "misplaces the measured pattern), and the zooms E (best) and F (worst local PCC "
-             "among the windows with measured structure) and G (least confident prediction) "
-             "show the regions at full resolution. The low-confidence map is the spread of "
-             "the test-time flips/rotations: where it is high, do not trust the prediction."
-             "</p>")
+             f"correlation in windows of {local_pcc_um:g} µm (red: the prediction follows the "
+             "measured pattern; blue: it misses or misplaces it; white: no agreement, "
+             "or no measured signal there to predict), and the zooms E (best) and F (worst "
+             "local PCC among the windows with measured structure) and G (least confident "
+             "prediction) show the regions at full resolution. The low-confidence map is the "
+             "spread of the test-time flips/rotations: where it is high, do not trust the "
+             "prediction.</p>")
     # figures of test sections
     p.append("<h2 id='figures'>Test sections</h2>")
     if len(shown) < len([v for v in views if v.split == "test"]):

@@ -1,4 +1,4 @@
-"""Physical scale bars for image panels."""
+"""Physical scale bars for image panels (report figures, registration QC)."""
 
 from __future__ import annotations
 
