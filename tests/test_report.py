@@ -70,13 +70,14 @@ def test_provenance_reads_the_benchmark_files(mini_run, tmp_path):
     bench = tmp_path / "benchmarks"
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rel, s, rss in (("ingest/S1.tsv", 2.0, 100.0), ("ingest/S2.tsv", 3.0, 150.0),
-                        ("train.tsv", 60.0, 900.5)):
+                        ("train.tsv", 60.0, 900.5), ("train/round0.tsv", 9.0, 50.0)):
         (bench / rel).parent.mkdir(parents=True, exist_ok=True)
         (bench / rel).write_text(header + f"{s}\t0:00:0{s:.0f}\t{rss}\t1\t1\t1\t1\t1\t1\t{s}\n")
-    rows = provenance.benchmark_rows(sorted(bench.rglob("*.tsv")), bench)
+    rows = provenance.benchmark_rows(sorted(bench.rglob("*.tsv")), bench, ["S1", "S2"])
     by = {r["step"]: r for r in rows}
     assert by["ingest"]["jobs"] == 2 and by["ingest"]["wall time, sum (s)"] == 5.0
     assert by["ingest"]["peak memory (MB)"] == 150.0 and by["train"]["jobs"] == 1
+    assert by["train/round0"]["wall time, sum (s)"] == 9.0
     html = _build(mini_run, tmp_path / "r.html", benchmarks=sorted(map(str, bench.rglob("*.tsv"))),
                   benchmark_root=str(bench))
     assert "peak memory (MB)" in html and "900.500" in html and "all steps" in html

@@ -89,21 +89,24 @@ def read_benchmark(path: str | Path) -> dict[str, float]:
             "cpu_s": sum(num(r.get("cpu_time", "NA")) for r in rows)}
 
 
-def benchmark_rows(paths: list[str | Path], root: str | Path = "results/benchmarks"
-                   ) -> list[dict]:
-    """Wall time and peak memory per rule, from the jobs' benchmark files.
+def benchmark_rows(paths: list[str | Path], root: str | Path = "results/benchmarks",
+                   sections: list[str] | None = None) -> list[dict]:
+    """Wall time and peak memory per step, from the jobs' benchmark files.
 
-    A benchmark file ``<root>/<rule>[/<round>]/<section>.tsv`` counts for the step named by
-    its folder; the files directly in ``<root>`` are single jobs named by their stem.
+    A file ``<root>/<step>/<section>.tsv`` counts for ``<step>`` (e.g. ``register/round0``);
+    any other file ``<root>/<name>.tsv`` is a step of its own (``train``, ``train/round0``).
+    Without ``sections``, every file in a sub-folder counts for its folder.
     """
+    names = set(sections) if sections is not None else None
     groups: dict[str, list[dict]] = {}
     for p in paths:
         p = Path(p)
         try:
             rel = p.relative_to(root)
-            step = str(rel.parent) if rel.parent != Path(".") else rel.stem
         except ValueError:
-            step = p.parent.name if p.parent.name != "benchmarks" else p.stem
+            rel = Path(p.name)
+        per_section = rel.parent != Path(".") and (names is None or rel.stem in names)
+        step = rel.parent.as_posix() if per_section else rel.with_suffix("").as_posix()
         groups.setdefault(step, []).append(read_benchmark(p))
     out = []
     for step, items in groups.items():

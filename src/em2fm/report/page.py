@@ -117,18 +117,21 @@ def _verdict(summary: list[dict]) -> str:
                 "registration: this run gives no honest estimate of performance.</strong></p>")
     items = []
     for r in test:
+        n = r["sections"]
         ceiling = r.get("noise_ceiling_pcc", float("nan"))
-        extra = (f"; the noise ceiling (measured vs noise-free FM) is {ceiling:.3f}"
-                 if np.isfinite(ceiling) else "")
+        extra = (f"; the noise ceiling (measured vs noise-free FM) is {ceiling:.3f}, so the "
+                 f"prediction reaches {r['pcc'] / ceiling:.0%} of what the noise allows"
+                 if np.isfinite(ceiling) and ceiling > 0 else "")
+        ci = (f"95 % CI {esc(r['pcc 95% CI'])} over {n} test sections" if n > 1 else
+              "one test section, so no confidence interval: treat it as an anecdote")
         items.append(
-            f"<li><strong>{esc(r['channel'])}</strong>: PCC {r['pcc']:.3f} "
-            f"(95 % CI {esc(r['pcc 95% CI'])}) over {r['sections']} test section"
-            f"{'s' if r['sections'] != 1 else ''}, against {tables.cell(r['pcc_baseline_em'])} "
-            f"for the blurred-EM baseline{extra}; SSIM {tables.cell(r['ssim'])}, NRMSE "
-            f"{tables.cell(r['nrmse'])} (constant training mean: "
-            f"{tables.cell(r['nrmse_baseline_mean'])}).</li>")
-    return ("<p><strong>How good is it, in one look</strong> (test sections; CI: 95 % "
-            "bootstrap interval over sections):</p><ul>" + "".join(items) + "</ul>")
+            f"<li><strong>{esc(r['channel'])}</strong>: PCC {r['pcc']:.3f} ({ci}), against "
+            f"{tables.cell(r['pcc_baseline_em'])} for the blurred-EM baseline{extra}; SSIM "
+            f"{tables.cell(r['ssim'])}, NRMSE {tables.cell(r['nrmse'])} (constant training "
+            f"mean: {tables.cell(r['nrmse_baseline_mean'])}).</li>")
+    return ("<p><strong>How good is it, in one look</strong> (test sections; PCC 1 is a "
+            "perfect pattern, 0 none; CI: 95 % bootstrap interval over sections):</p><ul>"
+            + "".join(items) + "</ul>")
 
 
 def build_html(*, metrics: list[dict], training_tsv: str | Path,
@@ -278,7 +281,8 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
                                   ["key", "value"], "Code, software and the machine that "
                                   "built this report"))
     if benchmarks:
-        bench = provenance.benchmark_rows(list(benchmarks), benchmark_root)
+        bench = provenance.benchmark_rows(list(benchmarks), benchmark_root,
+                                             [v.name for v in views])
         total = {"step": "all steps", "jobs": sum(b["jobs"] for b in bench),
                  "wall time, sum (s)": sum(b["wall time, sum (s)"] for b in bench),
                  "wall time, longest job (s)": max(b["wall time, longest job (s)"]
