@@ -266,8 +266,13 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
         p.append("<p>Every round (−1: stage metadata; <em>change</em>: RMS change from the "
                  "previous round; <em>error</em>: against the true transform, where known):</p>")
         p.append(tables.metrics_table(rounds, list(rounds[0])))
+    big = {v.name for v in shown} | {f["section"] for f in flagged}
+    if overlays:
+        p.append("<p class='muted'>QC figures of the test sections drawn in full and of the "
+                 "flagged sections at a readable size, the others small.</p>")
     for name, png in overlays.items():
-        p.append(f"<figure>{img(figures.downsampled(png), f'registration {name}')}"
+        width = 700 if name in big else 300
+        p.append(f"<figure>{img(figures.downsampled(png, width), f'registration {name}')}"
                  f"<figcaption>{esc(name)} (downsampled): EM (magenta) and FM (green), placed "
                  "by stage metadata, by the multimodal search and after the last round."
                  "</figcaption></figure>")
