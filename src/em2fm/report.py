@@ -378,6 +378,8 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
         f"{float(model.get('val_pcc_mean', float('nan'))):.3f}); training sections "
         f"{', '.join(model.get('train_sections', []))}, validation "
         f"{', '.join(model.get('val_sections', []))}.</p>")
+    for warning in model.get("warnings", []):
+        parts.append(f"<p><strong>Warning:</strong> {html.escape(warning)}</p>")
     parts.append(f"<figure>{_img(training_figure(training_tsv), 'training curve')}"
                  "<figcaption>Training loss per step (grey; black: running mean) and, at each "
                  "validation step, the loss and PCC on the validation sections. The loss is "
