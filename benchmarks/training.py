@@ -1,7 +1,7 @@
 """Training benchmarks on small simulated datasets: ablation, options, baseline, reproducibility.
 
-    python benchmarks/training.py ablation      [--steps 150]
-    python benchmarks/training.py options       [--steps 150]
+    python benchmarks/training.py ablation      [--steps 120] [--only i]
+    python benchmarks/training.py options       [--steps 120] [--only i]
     python benchmarks/training.py baseline      [--budget-min 5]
     python benchmarks/training.py reproducibility [--steps 30]
 
@@ -168,20 +168,35 @@ def _print_table(name: str, header: list[str], rows: list[list]) -> None:
 
 
 # ------------------------------------------------------------------------------ parts
+def _cached(path: Path, compute) -> dict:
+    """The result JSON at ``path``, computed (and written) if absent."""
+    if path.exists():
+        return json.loads(path.read_text())
+    r = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
+    return r
+
+
+def _selected(items: dict, only: int | None) -> list[tuple[int, str]]:
+    return [(i, k) for i, k in enumerate(items) if only is None or i == only]
+
+
 def part_ablation(args) -> None:
     rows = []
-    for label, physics in VARIANTS.items():
-        folder = dataset(physics, args.sections, args.em_size)
-        r = train_steps(folder, CACHE / "runs" / f"ablation-{len(rows)}", args.steps)
+    for i, label in _selected(VARIANTS, args.only):
+        folder = dataset(VARIANTS[label], args.sections, args.em_size)
+        work = CACHE / "runs" / f"steps{args.steps}" / f"variant-{i}"
+        r = _cached(work / "result.json", lambda f=folder, w=work: train_steps(f, w, args.steps))
         t = r["test"]
         rows.append([label] + [t[f"{c}_{k}"] for c in ("Hoechst", "Insulin")
                                for k in ("pcc", "pcc_clean", "ceiling")]
                     + [r["val"]["Hoechst_pcc"], r["val"]["Insulin_pcc"]])
         print(label, json.dumps(r["best"]), flush=True)
-    _print_table("ablation", ["data", "Hoechst PCC", "Hoechst PCC vs noise-free",
-                              "Hoechst noise ceiling", "Insulin PCC",
-                              "Insulin PCC vs noise-free", "Insulin noise ceiling",
-                              "val Hoechst PCC", "val Insulin PCC"], rows)
+    _print_table("ablation" + ("" if args.only is None else f"_{args.only}"),
+                 ["data", "Hoechst PCC", "Hoechst PCC vs noise-free", "Hoechst noise ceiling",
+                  "Insulin PCC", "Insulin PCC vs noise-free", "Insulin noise ceiling",
+                  "val Hoechst PCC", "val Insulin PCC"], rows)
 
 
 OPTIONS = {
@@ -196,15 +211,19 @@ OPTIONS = {
 def part_options(args) -> None:
     folder = dataset({}, args.sections, args.em_size)
     rows = []
-    for label, settings in OPTIONS.items():
-        r = train_steps(folder, CACHE / "runs" / f"option-{len(rows)}", args.steps, **settings)
+    for i, label in _selected(OPTIONS, args.only):
+        # "defaults" is the ablation's default-data run (same data, settings and seed)
+        work = CACHE / "runs" / f"steps{args.steps}" / ("variant-0" if i == 0 else f"option-{i}")
+        r = _cached(work / "result.json", lambda w=work, o=OPTIONS[label]: train_steps(
+            folder, w, args.steps, **o))
         rows.append([label, r["val"]["Hoechst_pcc"], r["val"]["Insulin_pcc"],
                      r["test"]["Hoechst_pcc"], r["test"]["Insulin_pcc"],
                      (r["test"]["Hoechst_pcc"] + r["test"]["Insulin_pcc"]) / 2,
                      r["cpu_s"]])
         print(label, json.dumps(r["best"]), flush=True)
-    _print_table("options", ["training", "val Hoechst", "val Insulin", "test Hoechst",
-                             "test Insulin", "test mean", "CPU s"], rows)
+    _print_table("options" + ("" if args.only is None else f"_{args.only}"),
+                 ["training", "val Hoechst", "val Insulin", "test Hoechst", "test Insulin",
+                  "test mean", "CPU s"], rows)
 
 
 def _fit_budget(model, opt, sched, sampler, margin: int, budget_s: float, batch: int) -> dict:
@@ -355,9 +374,12 @@ def main() -> None:
     ap.add_argument("part", choices=["ablation", "options", "baseline", "reproducibility"])
     ap.add_argument("--sections", type=int, default=4, help="sections (≥ 3)")
     ap.add_argument("--em-size", type=int, default=1280, help="SEM px per section side")
-    ap.add_argument("--steps", type=int, default=150, help="training steps per run")
+    ap.add_argument("--steps", type=int, default=120, help="training steps per run")
     ap.add_argument("--budget-min", type=float, default=5.0, help="baseline: CPU minutes")
     ap.add_argument("--batch", type=int, default=8, help="baseline: windows per step")
+    ap.add_argument("--only", type=int, default=None,
+                    help="ablation/options: run only this row (results cached; run in "
+                    "parallel processes, then once without --only to print the table)")
     args = ap.parse_args()
     import logging
 
