@@ -29,7 +29,7 @@ Datasets are cached in ``.tmp/bench-training/`` (delete it to simulate again).
   AVX2 kernels, standing in for another CPU type), and killed with SIGKILL then resumed;
   largest weight difference and validation PCC difference to the first run.
 
-Each prints one table (TSV-like, also written to ``benchmarks/results/training_<part>.tsv``).
+Each prints one table (TSV-like, also written to ``benchmarks/tables/training_<part>.tsv``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 CACHE = ROOT / ".tmp" / "bench-training"
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "tables"
 DYES = {"Hoechst": {"excitation_nm": 405, "emission_nm": 450},
         "Insulin": {"excitation_nm": 590, "emission_nm": 617}}
 CHANNELS = [{"name": n, **d} for n, d in DYES.items()]
