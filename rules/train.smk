@@ -1,4 +1,7 @@
 # Train the asymmetric U-Net on the training sections; select on validation PCC.
+# Resumable: the resume state lives in checkpoint/ beside model.pt, which is NOT a declared
+# output (Snakemake deletes declared outputs before a rerun), so rerunning the target after
+# a kill or a time limit (--rerun-incomplete; the SLURM profile retries) continues from it.
 
 
 rule train:
@@ -9,6 +12,7 @@ rule train:
     output:
         model="results/model/model.pt",
         last="results/model/last.pt",
+        card="results/model/model.json",
         log_tsv=report(
             "results/model/training.tsv",
             caption="../report/training.rst",
@@ -43,6 +47,7 @@ use rule train as train_round with:
     output:
         model="results/registration/round{round}/model/model.pt",
         last="results/registration/round{round}/model/last.pt",
+        card="results/registration/round{round}/model/model.json",
         log_tsv="results/registration/round{round}/model/training.tsv",
     log:
         "results/logs/train/round{round}.log",

@@ -21,4 +21,5 @@ train.run(
     model_path=snakemake.output.model,
     last_path=snakemake.output.last,
     log_path=snakemake.output.log_tsv,
+    card_path=snakemake.output.card,
 )

@@ -33,3 +33,17 @@ def test_gradients_flow_to_every_parameter():
     net = build(UNetConfig(base_channels=2, depth=3, em_scale=2))
     net(torch.randn(2, 1, 16, 16)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_symmetric_baseline_bins_then_mirrors():
+    from em2fm.unet import SymmetricUNet, n_parameters
+
+    net = SymmetricUNet(out_channels=2, depth=4, base_channels=32, em_scale=4)
+    assert net.cfg.multiple == 64 and net.cfg.n_up == 4
+    assert len(net.encoder) == 5 and len(net.decoder) == 4
+    assert n_parameters(net) > 7_000_000  # widths 32…512, no cap
+    small = SymmetricUNet(out_channels=3, depth=2, base_channels=4, em_scale=4)
+    y = small(torch.randn(2, 1, 64, 32))
+    assert y.shape == (2, 3, 16, 8)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        small(torch.randn(1, 1, 24, 32))

@@ -23,7 +23,7 @@ import torch
 from . import io
 from .geometry import geometry_from_meta
 from .odemis import Channel, OdemisImage, write_file
-from .tiles import TargetGrid, make_grid, prepare_em, target_pixel_m
+from .tiles import TargetGrid, make_grid, normalise_em, prepare_em, target_pixel_m
 from .unet import AsymmetricUNet, UNetConfig, build
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,8 @@ def run(ingest_json: str | Path, ingest_npz: str | Path, model_path: str | Path,
     meta = io.read_json(ingest_json)
     em = io.load_npz(ingest_npz)["em"]  # only the EM is read: prediction never sees FM
     grid = section_grid(meta, ckpt, pixel_size_nm)
-    em_work = prepare_em(em, geometry_from_meta(meta["em"]), grid)
+    em_work = normalise_em(prepare_em(em, geometry_from_meta(meta["em"]), grid),
+                           ckpt.get("em_normalisation", "zscore"))
     mean, std = predict_work(model, em_work, int(ckpt["margin"]), window, tta, dev)
     channels = [Channel(c["name"], c.get("excitation_nm"), c.get("emission_nm"))
                 for c in ckpt["channels"]]

@@ -113,6 +113,24 @@ def prepare_em(em: np.ndarray, em_geometry: ImageGeometry, grid: TargetGrid) -> 
     return ((work - mean) / max(std, 1e-6)).astype(np.float32)
 
 
+EM_PERCENTILES = (1.0, 99.0)  # per-section EM percentile normalisation
+
+
+def normalise_em(work: np.ndarray, mode: str = "zscore") -> np.ndarray:
+    """The network's EM input from a :func:`prepare_em` work image (per section).
+
+    ``zscore``: unchanged (mean 0, std 1 over the section). ``percentile``: the
+    :data:`EM_PERCENTILES` of the section map to ±2, robust to a few saturated or empty
+    pixels (charging, holes, out-of-section borders) that shift the mean and std.
+    """
+    if mode == "zscore":
+        return work
+    if mode != "percentile":
+        raise ValueError(f"EM normalisation {mode!r}: use zscore or percentile")
+    lo, hi = np.percentile(work, EM_PERCENTILES)
+    return ((work - (lo + hi) / 2) / max((hi - lo) / 4, 1e-6)).astype(np.float32)
+
+
 def registered_fm(fm: np.ndarray, fm_to_em_px: np.ndarray, target_to_em_px: np.ndarray,
                   shape_yx: tuple[int, int]) -> np.ndarray:
     """FM (C, Y, X) resampled onto a target grid (cubic), NaN where FM is absent.

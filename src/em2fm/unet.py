@@ -105,3 +105,80 @@ class AsymmetricUNet(nn.Module):
 def build(cfg: UNetConfig) -> AsymmetricUNet:
     """Construct the network."""
     return AsymmetricUNet(cfg)
+
+
+@dataclass(frozen=True)
+class SymmetricUNetConfig(UNetConfig):
+    """Sizes of :class:`SymmetricUNet` (``max_channels`` unused: widths are not capped)."""
+
+    @property
+    def n_up(self) -> int:
+        """Number of expansion steps (as many as contractions)."""
+        return self.depth
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes (work px) must be multiples of this (binning, then 2**depth)."""
+        return self.em_scale * 2**self.depth
+
+
+class SymmetricUNet(nn.Module):
+    """The usual label-free baseline: EM binned to the output grid, then a symmetric U-Net.
+
+    The EM input on the work grid ``(N, 1, H·s, W·s)`` is averaged over ``s × s`` blocks
+    (``s`` = ``em_scale``) to the FM-resolution output grid, then a U-Net with ``depth``
+    contractions and as many expansions (widths ``base_channels · 2**level``, no cap)
+    predicts ``(N, C, H, W)``. It takes the same input as :class:`AsymmetricUNet`, so the
+    same training and windowed inference apply; ``H`` and ``W`` must be multiples of
+    ``2**depth`` (``cfg.multiple`` counts work px).
+
+    Args:
+        out_channels: FM channels predicted.
+        depth: contractions (×2 each), as many expansions.
+        base_channels: width of the first level (doubling each level).
+        em_scale: work px per output px (the binning factor).
+        in_channels: EM channels.
+    """
+
+    def __init__(self, out_channels: int = 2, depth: int = 4, base_channels: int = 32,
+                 em_scale: int = 4, in_channels: int = 1) -> None:
+        super().__init__()
+        if em_scale < 1 or depth < 1:
+            raise ValueError(f"em_scale ({em_scale}) and depth ({depth}) must be ≥ 1")
+        self.cfg = SymmetricUNetConfig(in_channels=in_channels, out_channels=out_channels,
+                                       base_channels=base_channels,
+                                       max_channels=base_channels * 2**depth, depth=depth,
+                                       em_scale=em_scale)
+        self.em_scale = em_scale
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.encoder = nn.ModuleList(
+            [ConvBlock(in_channels, widths[0])]
+            + [ConvBlock(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+             for i in reversed(range(depth))])
+        self.decoder = nn.ModuleList(
+            [ConvBlock(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """EM (N, 1, H·s, W·s), z-scored → FM (N, C, H, W) in normalised units."""
+        m = self.cfg.multiple
+        if x.shape[-1] % m or x.shape[-2] % m:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of {m}")
+        if self.em_scale > 1:
+            x = F.avg_pool2d(x, self.em_scale)
+        skips = []
+        for i, block in enumerate(self.encoder):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for up, block, skip in zip(self.up, self.decoder, reversed(skips[:-1]), strict=True):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def n_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -140,10 +140,11 @@ def predict_for_registration(em: np.ndarray, ingest_meta: dict, model, ckpt: dic
     Only the EM is read; the prediction's units do not matter to the NCC.
     """
     from ..predict import predict_work, section_grid
-    from ..tiles import prepare_em
+    from ..tiles import normalise_em, prepare_em
 
     grid = section_grid(ingest_meta, ckpt, pixel_size_nm)
-    em_work = prepare_em(em, geometry_from_meta(ingest_meta["em"]), grid)
+    em_work = normalise_em(prepare_em(em, geometry_from_meta(ingest_meta["em"]), grid),
+                           ckpt.get("em_normalisation", "zscore"))
     pred, _ = predict_work(model, em_work, int(ckpt["margin"]), window=64)
     return pred, grid.target_to_em_px
 

@@ -243,6 +243,8 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
         f"{tables.cell(float(model.get('val_pcc_mean', float('nan'))))}); training sections "
         f"{esc(', '.join(model.get('train_sections', [])))}, validation "
         f"{esc(', '.join(model.get('val_sections', [])))}.</p>")
+    for warning in model.get("warnings", []):
+        p.append(f"<p><strong>Warning:</strong> {esc(warning)}</p>")
     p.append(f"<figure>{img(figures.training_figure(training_tsv), 'training curve')}"
              "<figcaption>Training loss per step (grey; black: running mean) and, at each "
              "validation step, the loss and PCC on the validation sections. The loss is the "

@@ -1,0 +1,399 @@
+"""Training benchmarks on small simulated datasets: ablation, options, baseline, reproducibility.
+
+    python benchmarks/training.py ablation      [--steps 120] [--only i]
+    python benchmarks/training.py options       [--steps 120] [--only i]
+    python benchmarks/training.py baseline      [--budget-min 5]
+    python benchmarks/training.py reproducibility [--steps 30]
+
+Sections are simulated with the package API (``em2fm.simulate``: ``--sections`` sections
+of ``--em-size`` SEM px, default physics otherwise), ingested, and tiled with the TRUE
+FM→EM transform (registration is not what is measured here). The first sections train,
+the one before last validates (checkpoint choice), the last is the test section.
+Datasets are cached in ``.tmp/bench-training/`` (delete it to simulate again).
+
+- ``ablation`` (the reference finding): the same sections simulated with and without the
+  aspecific RNA labelling of Hoechst (``hoechst_rna_fraction`` 0.25 / 0) and with and
+  without Alexa 594 bleed-through into Hoechst (``hoechst_bleed_through`` 0.03 / 0); the
+  model trained on each; PCC per channel on the test section against the measured FM and
+  against the noise-free FM, and the noise ceiling.
+- ``options``: on the default data (per-section brightness CV 0.2), the default training
+  beside one option changed at a time (FM per-section normalisation, EM percentile
+  normalisation, signal-weighted windows, shift-tolerant loss).
+- ``baseline``: at an equal budget of process CPU time (``time.process_time``, one
+  thread, so load from other processes does not count), this model (AdamW, cosine
+  schedule sized to the budget) against the usual label-free setup: a symmetric U-Net
+  (depth 4, 32 base channels) on EM binned ×4 to the output grid, MSE, Adam 1e-3; run
+  alternately; validation and test PCC per channel and training throughput.
+- ``reproducibility``: the same short training repeated (same threads), with 2 threads,
+  with another CPU kernel set (``ATEN_CPU_CAPABILITY=default`` instead of the CPU's
+  AVX2 kernels, standing in for another CPU type), and killed with SIGKILL then resumed;
+  largest weight difference and validation PCC difference to the first run.
+
+Each prints one table (TSV-like, also written to ``benchmarks/tables/training_<part>.tsv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+CACHE = ROOT / ".tmp" / "bench-training"
+RESULTS = ROOT / "benchmarks" / "tables"
+DYES = {"Hoechst": {"excitation_nm": 405, "emission_nm": 450},
+        "Insulin": {"excitation_nm": 590, "emission_nm": 617}}
+CHANNELS = [{"name": n, **d} for n, d in DYES.items()]
+UNET = {"base_channels": 16, "max_channels": 128, "depth": 4}
+TILE, MARGIN = 32, 4
+
+VARIANTS = {
+    "aspecific + bleed-through (default)": {},
+    "no aspecific RNA": {"hoechst_rna_fraction": 0.0},
+    "no bleed-through": {"hoechst_bleed_through": 0.0},
+    "neither": {"hoechst_rna_fraction": 0.0, "hoechst_bleed_through": 0.0},
+}
+
+
+def dataset(physics: dict, n: int, em_size: int, seed: int = 42) -> Path:
+    """Simulate, ingest and tile ``n`` sections (cached); return the folder."""
+    from em2fm import ingest, io, simulate, tiles
+
+    physics = {"em_size_px": em_size, **physics}
+    key = "_".join(f"{k}={v}" for k, v in sorted(physics.items())) + f"_n{n}_seed{seed}"
+    out = CACHE / key
+    if (out / "done").exists():
+        return out
+    for i in range(n):
+        s = f"S{i + 1:03d}"
+        split = "train" if i < n - 2 else ("val" if i == n - 2 else "test")
+        simulate.run(s, i, seed, physics, "gui", out / "raw" / s, out / "truth" / f"{s}.json",
+                     out / "truth" / f"{s}.npz")
+        ingest.run(out / "raw" / s, s, list(DYES), DYES, 20, None, out / "ingest" / f"{s}.json",
+                   out / "ingest" / f"{s}.npz")
+        truth = io.read_json(out / "truth" / f"{s}.json")
+        reg = {"fm_to_em_px": truth["fm_to_em_px"], "status": "ok"}
+        tiles.run(out / "ingest" / f"{s}.json", out / "ingest" / f"{s}.npz", _write(
+            out / "reg" / f"{s}.json", reg), {"tile_size": TILE, "margin": MARGIN}, split,
+            out / "tiles" / f"{s}.npz", out / "tiles" / f"{s}.json")
+        clean = io.load_npz(out / "truth" / f"{s}.npz")["fm_clean"]
+        meta = io.read_json(out / "tiles" / f"{s}.json")
+        on_grid = tiles.registered_fm(clean, np.asarray(truth["fm_to_em_px"]),
+                                      np.asarray(meta["target_to_em_px"]),
+                                      tuple(meta["target_shape"]))
+        io.save_npz(out / "tiles" / f"{s}.clean.npz", fm_clean=np.nan_to_num(on_grid))
+    (out / "done").write_text("")
+    return out
+
+
+def _write(path: Path, doc: dict) -> Path:
+    from em2fm import io
+
+    io.write_json(path, doc)
+    return path
+
+
+def _tiles(folder: Path, split: tuple[str, ...] = ("train", "val")) -> list[str]:
+    from em2fm import io
+
+    return [str(p) for p in sorted((folder / "tiles").glob("S*[0-9].npz"))
+            if io.read_json(p.with_suffix(".json"))["split"] in split]
+
+
+def _pcc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def evaluate(model, ckpt_meta: dict, folder: Path, split: str) -> dict:
+    """PCC per channel of a model on one split against measured and noise-free FM."""
+    import torch
+
+    from em2fm import io
+    from em2fm.predict import predict_work
+    from em2fm.tiles import normalise_em
+
+    out = {}
+    for p in _tiles(folder, (split,)):
+        arrays = io.load_npz(p)
+        clean = io.load_npz(p.replace(".npz", ".clean.npz"))["fm_clean"]
+        mask = arrays["mask"].astype(bool)
+        em = normalise_em(arrays["em"], ckpt_meta.get("em_normalisation", "zscore"))
+        model.eval()
+        with torch.no_grad():
+            pred, _ = predict_work(model, em, int(ckpt_meta["margin"]), window=96)
+        for c, ch in enumerate(CHANNELS):
+            n = ch["name"]
+            out[f"{n}_pcc"] = _pcc(pred[c][mask], arrays["fm"][c][mask])
+            out[f"{n}_pcc_clean"] = _pcc(pred[c][mask], clean[c][mask])
+            out[f"{n}_ceiling"] = _pcc(clean[c][mask], arrays["fm"][c][mask])
+    return out
+
+
+def train_steps(folder: Path, work: Path, steps: int, threads: int = 1, **settings) -> dict:
+    """Train with the package (``em2fm.train``) for ``steps``; test metrics of the best."""
+    import torch
+
+    from em2fm.predict import load_model, set_threads
+    from em2fm.train import TrainParams, train
+
+    params = TrainParams(steps=steps, val_every=max(1, steps // 3), checkpoint_every=0,
+                         device="cpu", **settings)
+    t0 = time.process_time()
+    best = train(_tiles(folder), UNET, params, TILE, MARGIN, CHANNELS, work / "model.pt",
+                 work / "last.pt", work / "training.tsv", threads=threads,
+                 card_path=work / "model.json")
+    cpu = time.process_time() - t0
+    set_threads(threads)
+    model, ckpt = load_model(work / "model.pt", torch.device("cpu"))
+    return {"best": best, "cpu_s": cpu, "test": evaluate(model, ckpt, folder, "test"),
+            "val": evaluate(model, ckpt, folder, "val")}
+
+
+def _print_table(name: str, header: list[str], rows: list[list]) -> None:
+    lines = ["\t".join(header)] + ["\t".join(f"{v:.3f}" if isinstance(v, float) else str(v)
+                                             for v in r) for r in rows]
+    print("\n".join(lines), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"training_{name}.tsv").write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------ parts
+def _cached(path: Path, compute) -> dict:
+    """The result JSON at ``path``, computed (and written) if absent."""
+    if path.exists():
+        return json.loads(path.read_text())
+    r = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
+    return r
+
+
+def _selected(items: dict, only: int | None) -> list[tuple[int, str]]:
+    return [(i, k) for i, k in enumerate(items) if only is None or i == only]
+
+
+def part_ablation(args) -> None:
+    rows = []
+    for i, label in _selected(VARIANTS, args.only):
+        folder = dataset(VARIANTS[label], args.sections, args.em_size)
+        work = CACHE / "runs" / f"steps{args.steps}" / f"variant-{i}"
+        r = _cached(work / "result.json", lambda f=folder, w=work: train_steps(f, w, args.steps))
+        t = r["test"]
+        rows.append([label] + [t[f"{c}_{k}"] for c in ("Hoechst", "Insulin")
+                               for k in ("pcc", "pcc_clean", "ceiling")]
+                    + [r["val"]["Hoechst_pcc"], r["val"]["Insulin_pcc"]])
+        print(label, json.dumps(r["best"]), flush=True)
+    _print_table("ablation" + ("" if args.only is None else f"_{args.only}"),
+                 ["data", "Hoechst PCC", "Hoechst PCC vs noise-free", "Hoechst noise ceiling",
+                  "Insulin PCC", "Insulin PCC vs noise-free", "Insulin noise ceiling",
+                  "val Hoechst PCC", "val Insulin PCC"], rows)
+
+
+OPTIONS = {
+    "defaults": {},
+    "fm_normalisation: section": {"fm_normalisation": "section"},
+    "em_normalisation: percentile": {"em_normalisation": "percentile"},
+    "window_sampling: signal": {"window_sampling": "signal"},
+    "loss: shift_mse": {"loss": "shift_mse"},
+}
+
+
+def part_options(args) -> None:
+    folder = dataset({}, args.sections, args.em_size)
+    rows = []
+    for i, label in _selected(OPTIONS, args.only):
+        # "defaults" is the ablation's default-data run (same data, settings and seed)
+        work = CACHE / "runs" / f"steps{args.steps}" / ("variant-0" if i == 0 else f"option-{i}")
+        r = _cached(work / "result.json", lambda w=work, o=OPTIONS[label]: train_steps(
+            folder, w, args.steps, **o))
+        rows.append([label, r["val"]["Hoechst_pcc"], r["val"]["Insulin_pcc"],
+                     r["test"]["Hoechst_pcc"], r["test"]["Insulin_pcc"],
+                     (r["test"]["Hoechst_pcc"] + r["test"]["Insulin_pcc"]) / 2,
+                     r["cpu_s"]])
+        print(label, json.dumps(r["best"]), flush=True)
+    _print_table("options" + ("" if args.only is None else f"_{args.only}"),
+                 ["training", "val Hoechst", "val Insulin", "test Hoechst", "test Insulin",
+                  "test mean", "CPU s"], rows)
+
+
+def _fit_budget(model, opt, sched, sampler, margin: int, budget_s: float, batch: int) -> dict:
+    """Train until ``budget_s`` of process CPU time is spent; return steps and time."""
+    from em2fm.train import window_loss
+
+    model.train()
+    t0 = time.process_time()
+    steps = 0
+    while time.process_time() - t0 < budget_s:
+        x, y = sampler.batch(batch)
+        loss = window_loss(model(x), y, margin)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        steps += 1
+    return {"steps": steps, "cpu_s": time.process_time() - t0}
+
+
+def _setup(kind: str, folder: Path, steps_hint: int):
+    import torch
+
+    from em2fm.train import WindowSampler, load_sections, normalisation
+    from em2fm.unet import SymmetricUNet, UNetConfig, build
+
+    torch.manual_seed(42)
+    margin = MARGIN if kind == "this model" else 8
+    sections = load_sections(_tiles(folder), TILE)
+    norm = normalisation(sections)
+    train_s = [s for s in sections if s.split == "train"]
+    sampler = WindowSampler(train_s, TILE, margin, 4, norm.mean, norm.std, 42)
+    if kind == "this model":
+        model = build(UNetConfig(out_channels=2, em_scale=4, **UNET))
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+        warmup = max(1, steps_hint // 20)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min(1.0, (i + 1) / warmup)
+            * 0.5 * (1 + math.cos(math.pi * min(i, steps_hint) / steps_hint)))
+    else:
+        model = SymmetricUNet(out_channels=2, depth=4, base_channels=32, em_scale=4)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        sched = None
+    return model, opt, sched, sampler, margin, norm
+
+
+def part_baseline(args) -> None:
+    from em2fm.predict import set_threads
+    from em2fm.unet import n_parameters
+
+    set_threads(1)
+    folder = dataset({}, args.sections, args.em_size)
+    budget = args.budget_min * 60
+    rows = []
+    for kind in ("this model", "symmetric U-Net baseline"):  # one after the other
+        model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10)
+        t0 = time.process_time()
+        for _ in range(3):  # CPU s per step, to size this model's cosine schedule
+            x, _ = sampler.batch(args.batch)
+            model(x).mean().backward()
+        per_step = (time.process_time() - t0) / 3
+        steps_hint = max(10, int(budget / per_step))
+        model, opt, sched, sampler, margin, _ = _setup(kind, folder, steps_hint)
+        fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
+        meta = {"margin": margin, "em_normalisation": "zscore"}
+        val, test = evaluate(model, meta, folder, "val"), evaluate(model, meta, folder, "test")
+        rows.append([kind, n_parameters(model), fit["steps"],
+                     fit["steps"] * args.batch / fit["cpu_s"], val["Hoechst_pcc"],
+                     val["Insulin_pcc"], test["Hoechst_pcc"], test["Insulin_pcc"]])
+        print(kind, fit, flush=True)
+    _print_table(f"baseline_{args.budget_min:g}min",
+                 ["model", "parameters", "steps", "windows per CPU s", "val Hoechst PCC",
+                  "val Insulin PCC", "test Hoechst PCC", "test Insulin PCC"], rows)
+
+
+_REPRO_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {src!r})
+from pathlib import Path
+from em2fm.train import TrainParams, train
+kill_at = {kill_at}
+def hook(step):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+out = Path({out!r})
+train({tiles!r}, {unet!r}, TrainParams(steps={steps}, val_every={steps}, device="cpu",
+      checkpoint_every={every}), {tile}, {margin}, {channels!r}, out / "model.pt",
+      out / "last.pt", out / "training.tsv", threads={threads}, step_hook=hook)
+"""
+
+
+def _repro_run(folder: Path, out: Path, steps: int, threads: int, env: dict | None = None,
+               kill_at: int = -1) -> subprocess.CompletedProcess:
+    code = _REPRO_CHILD.format(src=str(ROOT / "src"), kill_at=kill_at, out=str(out),
+                               tiles=_tiles(folder), unet=UNET, steps=steps,
+                               every=max(1, steps // 3), tile=TILE, margin=MARGIN,
+                               channels=CHANNELS, threads=threads)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def part_reproducibility(args) -> None:
+    import shutil
+
+    import torch
+
+    folder = dataset({}, args.sections, args.em_size)
+    runs = {
+        "reference (1 thread)": ({}, 1, -1),
+        "same again": ({}, 1, -1),
+        "killed at 2/3 (SIGKILL), resumed": ({}, 1, 2 * args.steps // 3 + 1),
+        "2 threads": ({}, 2, -1),
+        "ATEN_CPU_CAPABILITY=default (no AVX2 kernels)": ({"ATEN_CPU_CAPABILITY": "default"},
+                                                          1, -1),
+    }
+    rows, ref = [], None
+    for i, (label, (env, threads, kill_at)) in enumerate(runs.items()):
+        out = CACHE / "runs" / f"repro{args.steps}-{i}"
+        if not (out / "last.pt").exists():  # cached: delete the folder to train again
+            shutil.rmtree(out, ignore_errors=True)
+            p = _repro_run(folder, out, args.steps, threads, env, kill_at)
+            if kill_at > 0:
+                assert p.returncode == -9, p.stderr[-2000:]
+                p = _repro_run(folder, out, args.steps, threads, env)
+            if p.returncode:
+                raise RuntimeError(p.stderr[-3000:])
+        last = torch.load(out / "last.pt", weights_only=True)
+        best = torch.load(out / "model.pt", weights_only=True)
+        if ref is None:
+            ref = (last, best)
+        w, w0 = last["state_dict"], ref[0]["state_dict"]
+        same = all(torch.equal(w[k], w0[k]) for k in w)
+        weights = [k for k in w if not k.endswith(("running_mean", "running_var",
+                                                   "num_batches_tracked"))]
+        rel = max(float((w[k].double() - w0[k].double()).abs().max()
+                        / w0[k].double().abs().max()) for k in weights)
+        rows.append([label, "yes" if same else "no", f"{rel:.2g}",
+                     *[f"{best['val_pcc'][c]:.4f}" for c in ("Hoechst", "Insulin")],
+                     *[f"{best['val_pcc'][c] - ref[1]['val_pcc'][c]:+.1e}"
+                       for c in ("Hoechst", "Insulin")]])
+        print(label, rows[-1], flush=True)
+    _print_table("reproducibility", ["run", "weights bitwise equal",
+                                     "max |Δweight| / max |weight| (per tensor)",
+                                     "val Hoechst PCC", "val Insulin PCC", "Δ Hoechst",
+                                     "Δ Insulin"], rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("part", choices=["ablation", "options", "baseline", "reproducibility"])
+    ap.add_argument("--sections", type=int, default=4, help="sections (≥ 3)")
+    ap.add_argument("--em-size", type=int, default=1280, help="SEM px per section side")
+    ap.add_argument("--steps", type=int, default=120, help="training steps per run")
+    ap.add_argument("--budget-min", type=float, default=5.0, help="baseline: CPU minutes")
+    ap.add_argument("--batch", type=int, default=8, help="baseline: windows per step")
+    ap.add_argument("--only", type=int, default=None,
+                    help="ablation/options: run only this row (results cached; run in "
+                    "parallel processes, then once without --only to print the table)")
+    args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from em2fm.predict import set_threads
+
+    set_threads(1)
+    {"ablation": part_ablation, "options": part_options, "baseline": part_baseline,
+     "reproducibility": part_reproducibility}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
