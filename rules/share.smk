@@ -10,7 +10,7 @@ rule share:
         model="results/model/model.pt",
         training="results/model/training.tsv",
         ingest=expand("results/ingest/{section}.json", section=SECTIONS),
-        # card="results/model/model.json",  # uncomment once rule train writes the model card
+        card="results/model/model.json",
     output:
         "results/share.zip",
     log:
