@@ -14,7 +14,6 @@ standard deviation is written as a second file, the per-pixel uncertainty.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +21,18 @@ import torch
 
 from . import io
 from .geometry import geometry_from_meta
+from .inference import (
+    InferenceSettings,
+    choose_device,
+    model_margin,
+    predict_array,
+    set_threads,
+)
 from .odemis import Channel, OdemisImage, write_file
 from .tiles import TargetGrid, make_grid, prepare_em, target_pixel_m
 from .unet import AsymmetricUNet, UNetConfig, build
 
 log = logging.getLogger(__name__)
-
-
-def choose_device(requested: str = "auto") -> torch.device:
-    """``cuda`` when requested or available (auto), else ``cpu``."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; "
-                           "set it to auto or cpu")
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def set_threads(threads: int) -> int:
-    """Use the granted threads, but not more than the CPUs this process may run on."""
-    n = max(1, min(int(threads), len(os.sched_getaffinity(0))))
-    torch.set_num_threads(n)
-    return n
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[AsymmetricUNet, dict]:
@@ -55,95 +44,34 @@ def load_model(path: str | Path, device: torch.device) -> tuple[AsymmetricUNet, 
     return model, ckpt
 
 
-def _window_size(requested: int, margin: int, em_scale: int, multiple: int) -> int:
-    """Smallest window ≥ requested whose input ``(w + 2·margin)·em_scale`` fits the net."""
-    w = max(1, requested)
-    while ((w + 2 * margin) * em_scale) % multiple:
-        w += 1
-    return w
-
-
-def _starts(n: int, w: int) -> list[int]:
-    starts = list(range(0, n - w + 1, w))
-    if starts[-1] + w < n:
-        starts.append(n - w)
-    return starts
-
-
-_DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
-
-
-def _apply(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k, dims=(-2, -1))
-
-
-def _invert(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, -k, dims=(-2, -1))
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return x
-
-
-@torch.no_grad()
 def predict_work(
     model: AsymmetricUNet,
     em_work: np.ndarray,
     margin: int,
-    window: int = 128,
+    window: int = 64,
     tta: bool = False,
     device: torch.device | None = None,
-    batch: int = 4,
+    batch: int = 8,
+    overlap: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predict the target grid of a prepared EM work image.
+    """Predict the target grid of a prepared EM work image (see :mod:`em2fm.inference`).
 
     Args:
-        model: network in eval mode.
+        model: the network.
         em_work: z-scored EM on the work grid, (H·s, W·s).
-        margin: EM context around each window, in target px.
-        window: output window edge in target px (rounded up to fit the net).
+        margin: EM context around each window, in target px (raised to the receptive
+            field when smaller).
+        window: output window edge in target px (rounded up to the pooling period).
         tta: average the 8 flips/rotations and return their std.
         device: torch device (default: the model's).
         batch: windows per forward pass.
+        overlap: target px blended between neighbouring windows.
 
     Returns:
         ``(mean, std)``, (C, H, W) float32 in normalised units; ``std`` None without TTA.
     """
-    cfg = model.cfg
-    s = cfg.em_scale
-    device = device or next(model.parameters()).device
-    h, w = em_work.shape[0] // s, em_work.shape[1] // s
-    win = _window_size(window, margin, s, cfg.multiple)
-    hp, wp = max(h, win), max(w, win)
-    pad = margin * s
-    padded = np.pad(em_work[: h * s, : w * s],
-                    ((pad, pad + (hp - h) * s), (pad, pad + (wp - w) * s)), mode="reflect")
-    origins = [(r, c) for r in _starts(hp, win) for c in _starts(wp, win)]
-    transforms = _DIHEDRAL if tta else _DIHEDRAL[:1]
-    total = np.zeros((cfg.out_channels, hp, wp), np.float64)
-    total_sq = np.zeros_like(total)
-    size = (win + 2 * margin) * s
-    for i in range(0, len(origins), batch):
-        chunk = origins[i: i + batch]
-        x = torch.from_numpy(np.stack([padded[r * s: r * s + size, c * s: c * s + size]
-                                       for r, c in chunk])[:, None]).to(device)
-        acc = torch.zeros((len(chunk), cfg.out_channels, win, win), dtype=torch.float64)
-        acc_sq = torch.zeros_like(acc)
-        for k, flip in transforms:
-            y = _invert(model(_apply(x, k, flip)), k, flip).float().cpu().double()
-            y = y[:, :, margin: margin + win, margin: margin + win]
-            acc += y
-            acc_sq += y * y
-        for j, (r, c) in enumerate(chunk):
-            total[:, r: r + win, c: c + win] = acc[j].numpy()
-            total_sq[:, r: r + win, c: c + win] = acc_sq[j].numpy()
-    n = len(transforms)
-    mean = (total / n)[:, :h, :w]
-    if not tta:
-        return mean.astype(np.float32), None
-    var = np.maximum(total_sq[:, :h, :w] / n - mean**2, 0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+    settings = InferenceSettings(window=window, overlap=overlap, tta=tta, batch=batch)
+    return predict_array(model, em_work, model_margin(model, margin), settings, device)
 
 
 def denormalise(pred: np.ndarray, ckpt: dict) -> np.ndarray:

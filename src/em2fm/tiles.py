@@ -43,7 +43,7 @@ class TileParams:
     pixel_size_nm: float | None = None  # target grid pixel; None: the section's FM pixel
     em_scale: int = 4  # EM input pixels per target pixel along each axis
     tile_size: int = 32  # target px
-    margin: int = 4  # target px of EM context around a window
+    margin: int | None = None  # EM context (target px); used by train (em2fm.receptive)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,6 @@ def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: d
         "target_to_em_px": grid.target_to_em_px,
         "target_centre_m": list(grid.geometry.centre_m),
         "tile_size": params.tile_size,
-        "margin": params.margin,
         "n_tiles": len(tiles),
         "mask_fraction": float(mask.mean()),
         "registration_status": registration.get("status", "ok"),
