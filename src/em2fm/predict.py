@@ -1,11 +1,12 @@
 """Predict: whole-section virtual fluorescence from EM alone.
 
-The EM of a section is resampled to the network's input grid, predicted in
-overlapping windows (each with ``margin`` target px of EM context, of which
-only the centre is kept) and written as an OME-TIFF in the Odemis dialect:
-one named channel per FM channel, float32 in the FM's camera units (ADU), with
-its pixel size and centre position in the same stage frame as the exports,
-so it overlays the EM by metadata alone (also in Odemis).
+The EM of a section is read lazily, resampled to the network's input grid region
+by region (:mod:`em2fm.lazy`), predicted window by window with the receptive field
+as context (:mod:`em2fm.inference`) and written band by band as a tiled pyramidal
+OME-TIFF in the Odemis dialect (:mod:`em2fm.pyramid`): one named channel per FM
+channel, float32 in the FM's camera units (ADU), with its pixel size and centre
+position in the same stage frame as the exports, so it overlays the EM by metadata
+alone (in Odemis, Fiji/Bio-Formats, napari). Memory does not grow with the section.
 
 With test-time augmentation the 8 flips/rotations are averaged; their
 standard deviation is written as a second file, the per-pixel uncertainty.
@@ -22,14 +23,18 @@ import torch
 from . import io
 from .geometry import geometry_from_meta
 from .inference import (
+    EMSource,
     InferenceSettings,
+    WindowedPredictor,
     choose_device,
     model_margin,
     predict_array,
     set_threads,
 )
-from .odemis import Channel, OdemisImage, write_file
-from .tiles import TargetGrid, make_grid, prepare_em, target_pixel_m
+from .lazy import PreparedEM, open_array
+from .odemis import Channel, OdemisImage
+from .pyramid import PlaneSink, write_pyramid
+from .tiles import TargetGrid, make_grid, target_pixel_m
 from .unet import AsymmetricUNet, UNetConfig, build
 
 log = logging.getLogger(__name__)
@@ -91,45 +96,74 @@ def section_grid(ingest_meta: dict, ckpt: dict, pixel_size_nm: float | None) -> 
     return make_grid(em_geom, px, int(ckpt["model"]["em_scale"]))
 
 
-def prediction_image(data: np.ndarray, grid: TargetGrid, channels: list[Channel],
-                     name: str, extra: dict) -> OdemisImage:
-    """An Odemis image placed on the target grid."""
+def placed_image(shape_cyx: tuple[int, int, int], grid: TargetGrid, channels: list[Channel],
+                 name: str, extra: dict) -> OdemisImage:
+    """Metadata of an Odemis image on the target grid (no pixels: they are streamed)."""
     g = grid.geometry
     return OdemisImage(
-        name=name, data=data.astype(np.float32), channels=channels,
-        shape_cyx=data.shape, dtype="float32", pixel_size_m=g.pixel_size_m,
-        centre_m=g.centre_m, rotation_rad=g.rotation_rad, shear=g.shear,
-        extra_settings=extra,
+        name=name, data=None, channels=channels, shape_cyx=shape_cyx, dtype="float32",
+        pixel_size_m=g.pixel_size_m, centre_m=g.centre_m, rotation_rad=g.rotation_rad,
+        shear=g.shear, extra_settings=extra,
     )
+
+
+def predict_to_files(model: AsymmetricUNet, source: EMSource, grid: TargetGrid, ckpt: dict,
+                     settings: InferenceSettings, device: torch.device,
+                     channels: list[Channel], extra: dict, prediction_path: str | Path,
+                     uncertainty_path: str | Path) -> None:
+    """Predict window by window and write both pyramidal OME-TIFFs, in bounded memory.
+
+    Finished rows go to temporary files beside the outputs as they come
+    (:class:`em2fm.pyramid.PlaneSink`); the tiled pyramids are then written from them.
+    Without TTA the uncertainty file holds zeros.
+    """
+    model.eval()
+    predictor = WindowedPredictor(model, model_margin(model, ckpt.get("margin")), settings,
+                                  device)
+    c = len(channels)
+    shape = (c, *grid.shape_yx)
+    mean_t = np.asarray(ckpt["target_mean"], np.float32)[:, None, None]
+    std_t = np.asarray(ckpt["target_std"], np.float32)[:, None, None]
+    pred = PlaneSink(Path(prediction_path).parent, shape)
+    unc = PlaneSink(Path(uncertainty_path).parent, shape)
+    try:
+        for r, block, sblock in predictor.iter_rows(source):
+            pred.write(r, block * std_t + mean_t)
+            unc.write(r, sblock * std_t if sblock is not None else np.zeros_like(block))
+        pred.close()
+        unc.close()
+    except BaseException:
+        pred.remove()
+        unc.remove()
+        raise
+    unc_channels = [Channel(f"{ch.name} uncertainty", ch.excitation_nm, ch.emission_nm)
+                    for ch in channels]
+    write_pyramid(prediction_path, placed_image(shape, grid, channels, "Prediction", extra),
+                  pred)
+    write_pyramid(uncertainty_path, placed_image(shape, grid, unc_channels,
+                                                 "Prediction uncertainty", extra), unc)
 
 
 def run(ingest_json: str | Path, ingest_npz: str | Path, model_path: str | Path,
         pixel_size_nm: float | None, settings: dict, device: str, threads: int,
         prediction_path: str | Path, uncertainty_path: str | Path) -> None:
     """Predict one section from its EM and write both OME-TIFFs (the rule's entry point)."""
-    window, tta = int(settings["window"]), bool(settings["test_time_augmentation"])
+    tta = bool(settings["test_time_augmentation"])
     n = set_threads(threads)
     dev = choose_device(device)
     model, ckpt = load_model(model_path, dev)
     meta = io.read_json(ingest_json)
-    em = io.load_npz(ingest_npz)["em"]  # only the EM is read: prediction never sees FM
+    em = open_array(ingest_npz, "em")  # only the EM is read (lazily): never the FM
     grid = section_grid(meta, ckpt, pixel_size_nm)
-    em_work = prepare_em(em, geometry_from_meta(meta["em"]), grid)
-    mean, std = predict_work(model, em_work, int(ckpt["margin"]), window, tta, dev)
+    source = PreparedEM(em, geometry_from_meta(meta["em"]), grid)
     channels = [Channel(c["name"], c.get("excitation_nm"), c.get("emission_nm"))
                 for c in ckpt["channels"]]
     extra = {"em2fm": {"model": str(model_path), "section": meta["section"],
                        "em_source": meta["em"].get("source"), "test_time_augmentation": tta,
                        "units": "FM camera counts (ADU) of the training data"}}
-    write_file(prediction_path,
-               [prediction_image(denormalise(mean, ckpt), grid, channels, "Prediction", extra)],
-               thumbnail=False, software="em2fm")
-    scale = np.asarray(ckpt["target_std"], np.float32)[:, None, None]
-    unc = std * scale if std is not None else np.zeros_like(mean)
-    unc_channels = [Channel(f"{c.name} uncertainty", c.excitation_nm, c.emission_nm)
-                    for c in channels]
-    write_file(uncertainty_path,
-               [prediction_image(unc, grid, unc_channels, "Prediction uncertainty", extra)],
-               thumbnail=False, software="em2fm")
+    inference = InferenceSettings(window=int(settings["window"]),
+                                  overlap=int(settings.get("overlap", 0)), tta=tta)
+    predict_to_files(model, source, grid, ckpt, inference, dev, channels, extra,
+                     prediction_path, uncertainty_path)
     log.info("%s: predicted %s target px at %.1f nm on %s (%d threads), TTA %s",
              meta["section"], grid.shape_yx, grid.pixel_size_m * 1e9, dev, n, tta)
