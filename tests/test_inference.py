@@ -184,3 +184,11 @@ def test_reflect_index_matches_numpy_pad():
     a = np.arange(7)
     idx = reflect_index(np.arange(-5, 12), 7)
     np.testing.assert_array_equal(a[idx], np.pad(a, 5, mode="reflect")[:17])
+
+
+def test_automatic_batch_fits_the_device():
+    from em2fm.inference import auto_batch
+
+    assert auto_batch(torch.device("cpu"), 288) >= 8  # small windows batch on a CPU
+    assert auto_batch(torch.device("cpu"), 2000) == 1
+    assert auto_batch(torch.device("cuda"), 736) > auto_batch(torch.device("cpu"), 736)

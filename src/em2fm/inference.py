@@ -71,6 +71,18 @@ def amp_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
     return None
 
 
+#: EM input px per forward pass when the batch is automatic (None): on a GPU a batch
+#: large enough to keep it busy (out-of-memory halves it); on a CPU a few windows, since
+#: batching gains little there and activations cost ~250 B per input px (16 channels).
+BATCH_INPUT_PX = {"cuda": 2**26, "cpu": 3 * 2**19}
+
+
+def auto_batch(device: torch.device, input_edge_px: int) -> int:
+    """Windows per forward pass for square inputs of ``input_edge_px`` EM px."""
+    budget = BATCH_INPUT_PX.get(device.type, BATCH_INPUT_PX["cpu"])
+    return max(1, budget // (input_edge_px * input_edge_px))
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """True for a CUDA (or other allocator) out-of-memory error."""
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
@@ -179,14 +191,14 @@ class InferenceSettings:
         window: output window edge in target px (rounded up to the pooling period).
         overlap: target px shared by neighbouring windows, blended (0: butted).
         tta: average the 8 flips/rotations; their std is the uncertainty.
-        batch: windows per forward pass (halved on out-of-memory).
+        batch: windows per forward pass (halved on out-of-memory); None: :func:`auto_batch`.
         amp: half precision on CUDA.
     """
 
     window: int = 64
     overlap: int = 0
     tta: bool = False
-    batch: int = 8
+    batch: int | None = None
     amp: bool = True
 
 
@@ -211,8 +223,10 @@ class WindowedPredictor:
         self.overlap = min(ov, self.window - p)
         self.stride = self.window - self.overlap
         self.tta = bool(settings.tta)
-        self.batch = max(1, int(settings.batch))
         self.device = device or next(model.parameters()).device
+        edge = (self.window + 2 * self.margin) * self.s
+        self.batch = (auto_batch(self.device, edge) if settings.batch is None
+                      else max(1, int(settings.batch)))
         self.dtype = amp_dtype(self.device, settings.amp)
         self.transforms = _DIHEDRAL if self.tta else _DIHEDRAL[:1]
 

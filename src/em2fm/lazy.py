@@ -163,11 +163,13 @@ class PreparedEM:
     def _statistics(self, band_rows: int) -> tuple[float, float]:
         total, total_sq, n = 0.0, 0.0, 0
         h, w = self.shape
-        for r0 in range(0, h, band_rows):
-            band = self._raw(r0, min(h, r0 + band_rows), 0, w).astype(np.float64)
-            total += float(band.sum())
-            total_sq += float((band * band).sum())
-            n += band.size
+        for r0 in range(0, h, band_rows):  # blocks, so that memory does not grow with width
+            for c0 in range(0, w, 4 * band_rows):
+                block = self._raw(r0, min(h, r0 + band_rows), c0,
+                                  min(w, c0 + 4 * band_rows)).astype(np.float64)
+                total += float(block.sum())
+                total_sq += float((block * block).sum())
+                n += block.size
         mean = total / n
         return mean, math.sqrt(max(total_sq / n - mean * mean, 0.0))
 

@@ -56,7 +56,7 @@ def predict_work(
     window: int = 64,
     tta: bool = False,
     device: torch.device | None = None,
-    batch: int = 8,
+    batch: int | None = None,
     overlap: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict the target grid of a prepared EM work image (see :mod:`em2fm.inference`).
@@ -69,7 +69,7 @@ def predict_work(
         window: output window edge in target px (rounded up to the pooling period).
         tta: average the 8 flips/rotations and return their std.
         device: torch device (default: the model's).
-        batch: windows per forward pass.
+        batch: windows per forward pass (None: automatic, see :mod:`em2fm.inference`).
         overlap: target px blended between neighbouring windows.
 
     Returns:
