@@ -31,7 +31,13 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from em2fm.inference import InferenceSettings, WindowedPredictor, model_margin, set_threads
+from em2fm.inference import (
+    InferenceSettings,
+    WindowedPredictor,
+    fuse_batchnorm,
+    model_margin,
+    set_threads,
+)
 from em2fm.predict import load_model
 from em2fm.unet import UNetConfig, build
 
@@ -242,13 +248,16 @@ def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def machine_conv_flops(repeats: int = 3) -> float:
-    """This machine's float32 3×3 convolution throughput (FLOP/s), 32→32 channels, 512²."""
-    conv = torch.nn.Conv2d(32, 32, 3, padding=1, bias=False)
-    x = torch.randn(1, 32, 512, 512)
-    with torch.inference_mode():
-        conv(x)
-        best = min(_timed(lambda: conv(x)) for _ in range(repeats))
-    return 2.0 * 32 * 32 * 9 * 512 * 512 / best
+    """This machine's float32 3×3 convolution throughput (FLOP/s): the best of a few shapes."""
+    best = 0.0
+    for ch, size in [(16, 768), (32, 512), (64, 256), (128, 128)]:
+        conv = torch.nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        x = torch.randn(1, ch, size, size)
+        with torch.inference_mode():
+            conv(x)
+            t = min(_timed(lambda c=conv, x=x: c(x)) for _ in range(repeats))
+        best = max(best, 2.0 * ch * ch * 9 * size * size / t)
+    return best
 
 
 def _timed(fn) -> float:
@@ -266,7 +275,8 @@ def speed(args: argparse.Namespace) -> None:
     m = model_margin(model, trained_margin)
     peak = machine_conv_flops()
     print(f"\nSpeed: {n}² target px = {n * s}² EM (work) px, {torch.get_num_threads()} CPU "
-          f"threads; measured conv throughput {peak / 1e9:.1f} GFLOP/s (3×3, 32→32 ch, 512²)")
+          f"threads; measured conv throughput {peak / 1e9:.1f} GFLOP/s (float32 3×3, best of 4 "
+          "shapes)")
     print(f"  {'case':<58} {'EM Mpx/s':>9} {'× naive':>8} {'× base':>7} {'conv':>6}")
     rows: list[tuple[str, float, float]] = []
 
@@ -276,23 +286,27 @@ def speed(args: argparse.Namespace) -> None:
         count = len(range(0, n, pred.stride)) ** 2
         return per * count
 
-    cases = [("naive tiler: 4 px context, window 64, butted", 4, 64, False)]
+    cases = [("naive tiler: 4 px context, window 64, butted, batch 4", 4, 64, False, False)]
     for window in args.windows:
-        cases.append((f"this: {m} px context, window {window}", m, window, False))
+        cases.append((f"this: {m} px context, window {window}", m, window, False, True))
+    cases.append((f"this, batch norm not folded: window {args.windows[-1]}", m,
+                  args.windows[-1], False, False))
     cases.append((f"this + TTA (8 flips/rotations): window {args.windows[-1]}", m,
-                  args.windows[-1], True))
-    for name, margin, window, tta in cases:
-        pred = WindowedPredictor(model, margin, InferenceSettings(window=window, tta=tta))
+                  args.windows[-1], True, True))
+    for name, margin, window, tta, fuse in cases:
+        batch = 4 if name.startswith("naive") else None
+        pred = WindowedPredictor(model, margin, InferenceSettings(
+            window=window, tta=tta, fuse=fuse, batch=batch))
         with torch.inference_mode():
             pred.predict(em[: 64 * s * 2, : 64 * s * 2])  # warm-up
             t = _timed(lambda p=pred: p.predict(em))
         rows.append((name, em_mpx / t, window_flops(pred) / t))
-    base = SymmetricUNet().eval()
+    base = fuse_batchnorm(SymmetricUNet().eval())  # the same folding, to be fair
     binned = torch.from_numpy(em.reshape(n, s, n, s).mean((1, 3))[None, None].copy())
     with torch.inference_mode():
         base(binned[..., :64, :64])
         t = _timed(lambda: base(binned))
-    rows.append(("baseline: symmetric U-Net depth 4, base 32, binned EM, whole", em_mpx / t,
+    rows.append(("baseline: symmetric U-Net d4 b32, binned EM, whole, folded", em_mpx / t,
                  conv_flops(base, binned) / t))
     naive, baseline = rows[0][1], rows[-1][1]
     for name, mpx, flops in rows:

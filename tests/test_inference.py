@@ -192,3 +192,23 @@ def test_automatic_batch_fits_the_device():
     assert auto_batch(torch.device("cpu"), 288) >= 8  # small windows batch on a CPU
     assert auto_batch(torch.device("cpu"), 2000) == 1
     assert auto_batch(torch.device("cuda"), 736) > auto_batch(torch.device("cpu"), 736)
+
+
+def test_fused_batchnorm_gives_the_same_prediction():
+    from em2fm.inference import fuse_batchnorm
+
+    torch.manual_seed(0)
+    net = build(UNetConfig(out_channels=2, base_channels=4, max_channels=8, depth=3))
+    for mod in net.modules():
+        if isinstance(mod, nn.BatchNorm2d):  # non-trivial statistics
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+            mod.weight.data.uniform_(0.5, 2)
+    net.eval()
+    fused = fuse_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # the original is kept
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
+    assert fuse_batchnorm(net.train()) is net  # training mode: nothing folded

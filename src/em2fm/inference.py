@@ -28,6 +28,7 @@ band, whatever the section size; :meth:`WindowedPredictor.predict` collects them
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .receptive import context_margin, window_period
 
@@ -89,6 +91,40 @@ def is_out_of_memory(err: BaseException) -> bool:
     if oom is not None and isinstance(err, oom):
         return True
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def fuse_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of an eval-mode ``model`` with each Conv2d→BatchNorm2d pair folded into one conv.
+
+    Same outputs up to float rounding; about 2× faster on a CPU (benchmarks/inference.py),
+    since batch normalisation in eval mode is a separate memory-bound pass per layer.
+    A model in training mode is returned as is (its statistics are still changing).
+    """
+    if model.training:
+        return model
+    fused = copy.deepcopy(model)
+    for mod in fused.modules():
+        if not isinstance(mod, torch.nn.Sequential):
+            continue
+        layers = list(mod)
+        if not any(isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d)
+                   for a, b in zip(layers, layers[1:], strict=False)):
+            continue
+        new, i = [], 0
+        while i < len(layers):
+            a = layers[i]
+            b = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d):
+                new.append(fuse_conv_bn_eval(a, b))
+                i += 2
+            else:
+                new.append(a)
+                i += 1
+        for key in list(mod._modules):
+            del mod._modules[key]
+        for key, layer in enumerate(new):
+            mod.add_module(str(key), layer)
+    return fused
 
 
 def model_margin(model: torch.nn.Module, trained_margin: int | None = None) -> int:
@@ -193,6 +229,7 @@ class InferenceSettings:
         tta: average the 8 flips/rotations; their std is the uncertainty.
         batch: windows per forward pass (halved on out-of-memory); None: :func:`auto_batch`.
         amp: half precision on CUDA.
+        fuse: fold batch normalisation into the convolutions (eval-mode models).
     """
 
     window: int = 64
@@ -200,6 +237,7 @@ class InferenceSettings:
     tta: bool = False
     batch: int | None = None
     amp: bool = True
+    fuse: bool = True
 
 
 class WindowedPredictor:
@@ -209,7 +247,7 @@ class WindowedPredictor:
                  settings: InferenceSettings = InferenceSettings(),
                  device: torch.device | None = None) -> None:
         cfg = model.cfg
-        self.model = model
+        self.model = fuse_batchnorm(model) if settings.fuse else model
         self.s = int(cfg.em_scale)
         self.multiple = int(cfg.multiple)
         self.out_channels = int(cfg.out_channels)
