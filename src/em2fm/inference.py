@@ -29,6 +29,7 @@ band, whatever the section size; :meth:`WindowedPredictor.predict` collects them
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import os
@@ -108,7 +109,7 @@ def fuse_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
             continue
         layers = list(mod)
         if not any(isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d)
-                   for a, b in zip(layers, layers[1:], strict=False)):
+                   for a, b in itertools.pairwise(layers)):
             continue
         new, i = [], 0
         while i < len(layers):
