@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from .odemis import ExportError, OdemisImage
 
 
 class RegionReader(Protocol):
@@ -145,7 +148,7 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure_seam(tile_i: RegionReader, tile_j: RegionReader, p_i: np.ndarray,
-                 p_j: np.ndarray, min_overlap_px: int = 16) -> Seam | None:
+                 p_j: np.ndarray, min_overlap_px: int = 8) -> Seam | None:
     """Measure ``p_j - p_i`` on the nominal overlap of two tiles (None: no overlap)."""
     hi, wi = tile_i.shape
     hj, wj = tile_j.shape
@@ -190,7 +193,7 @@ class StitchResult:
         }
 
 
-def stitch(tiles: list[RegionReader], nominal: np.ndarray, min_overlap_px: int = 16,
+def stitch(tiles: list[RegionReader], nominal: np.ndarray, min_overlap_px: int = 8,
            min_ncc: float = 0.3, prior_weight: float = 1e-3,
            max_residual_px: float = 2.0) -> StitchResult:
     """Refine tile positions by their overlaps, globally consistent (least squares).
@@ -276,3 +279,86 @@ class Mosaic:
             out[sub][take] = pixels[take]
             best[sub][take] = dist[take]
         return out
+
+
+def doubts(summary: dict, max_residual_px: float = 1.0) -> list[str]:
+    """Warnings about a stitching summary: left-out seams, large residuals, holes."""
+    out = []
+    dropped = [s for s in summary["seams"] if not s["used"]]
+    if dropped:
+        out.append(f"montage: {len(dropped)} of {summary['n_seams']} tile overlaps not used "
+                   "(low correlation or inconsistent): "
+                   + ", ".join("/".join(s["tiles"]) for s in dropped))
+    if summary["max_residual_px"] is not None and summary["max_residual_px"] > max_residual_px:
+        out.append(f"montage: stitching residual up to {summary['max_residual_px']:.2f} SEM px")
+    if summary.get("uncovered_fraction", 0) > 0:
+        out.append(f"montage: {100 * summary['uncovered_fraction']:.2f}% of the mosaic's "
+                   "bounding box is covered by no tile (filled with the mean)")
+    return out
+
+
+# -- Odemis EM-grid montages ----------------------------------------------------------------
+EM_GRID_FOLDER = "EM-grid"
+
+
+def is_grid_tile(image: OdemisImage) -> bool:
+    """True for an SEM image from an array-tomography ``EM-grid/`` folder (a montage tile)."""
+    return EM_GRID_FOLDER in Path(image.source).parts
+
+
+def assemble(tiles: list[OdemisImage], min_ncc: float = 0.3,
+             max_residual_px: float = 2.0) -> tuple[OdemisImage, dict]:
+    """Stitch the ``EM-grid`` tiles of a section into one SEM image and its summary.
+
+    The mosaic is placed on the stage by the tiles' recorded positions on average: its
+    origin is the mean over tiles of (recorded position − refined position), so stage
+    errors of single tiles cancel out and no tile is privileged.
+
+    Raises:
+        ExportError: tiles differ in pixel size or rotation, or lack pixels/placement.
+    """
+    ref = tiles[0]
+    for t in tiles:
+        if t.data is None or t.pixel_size_m is None or t.centre_m is None:
+            raise ExportError(t.source, "montage tile without pixels, pixel size or stage "
+                              "position", "re-export the EM-grid tiles from Odemis")
+        if (not np.allclose(t.pixel_size_m, ref.pixel_size_m, rtol=1e-6)
+                or abs(t.rotation_rad - ref.rotation_rad) > 1e-9):
+            raise ExportError(t.source, f"montage tile pixel size {t.pixel_size_m} m or "
+                              f"rotation {t.rotation_rad} rad differs from {ref.source}'s",
+                              "put only the tiles of one SEM montage in EM-grid/")
+    if abs(ref.rotation_rad) > 1e-9:
+        raise ExportError(ref.source, "rotated SEM montages are not supported yet",
+                          "export the tiles with the SEM scan rotation at 0")
+    assert ref.pixel_size_m is not None
+    px = float(ref.pixel_size_m[0])
+    readers: list[RegionReader] = [ArrayReader(t.data[0]) for t in tiles]  # type: ignore[index]
+    shapes = [r.shape for r in readers]
+    centres = [t.centre_m for t in tiles]
+    nominal = nominal_positions(centres, px, shapes)  # type: ignore[arg-type]
+    result = stitch(readers, nominal, min_ncc=min_ncc, max_residual_px=max_residual_px)
+    mosaic = Mosaic(readers, result.positions)
+    data = mosaic.read(0, mosaic.shape[0], 0, mosaic.shape[1])
+    holes = ~np.isfinite(data)
+    if holes.any():
+        data[holes] = float(np.nanmean(data))
+    # stage x of mosaic column 0, y of row 0 (pixel centres), averaged over tiles
+    xs, ys = [], []
+    for (cx, cy), o, (h, w) in zip(centres, mosaic.origins, shapes, strict=True):
+        xs.append(cx - (o[1] + (w - 1) / 2) * px)
+        ys.append(cy + (o[0] + (h - 1) / 2) * px)
+    x0, y0 = float(np.mean(xs)), float(np.mean(ys))
+    hm, wm = mosaic.shape
+    centre = (x0 + (wm - 1) / 2 * px, y0 - (hm - 1) / 2 * px)
+    names = [Path(t.source).name for t in tiles]
+    summary = result.summary(names)
+    summary.update(uncovered_fraction=float(holes.mean()), shape=[hm, wm],
+                   pixel_size_m=px)
+    dtype = np.dtype(ref.dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        data = np.clip(np.round(data), info.min, info.max)
+    image = OdemisImage(**{**ref.__dict__, "name": f"SEM montage ({len(tiles)} tiles)",
+                           "data": data.astype(dtype)[None], "shape_cyx": (1, hm, wm),
+                           "centre_m": centre, "source": str(Path(ref.source).parent)})
+    return image, summary

@@ -408,6 +408,16 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
                      f"{html.escape(name)}: EM (magenta) and FM (green), placed by stage "
                      "metadata, by the multimodal search and after the last round.</figcaption>"
                      "</figure>")
+    seams = [{"section": ing["section"], "tiles": " / ".join(s["tiles"]),
+              "correction (px)": ", ".join(f"{v:.2f}" for v in s["correction_px"]),
+              "ncc": f"{s['ncc']:.3f}", "used": s["used"],
+              "residual (px)": f"{s['residual_px']:.3f}"}
+             for ing in ingests for s in ing.get("montage", {}).get("seams", [])]
+    if seams:  # SEM montages stitched by ingest (em2fm.montage)
+        parts.append("<h2>SEM montages</h2><p>Every tile overlap: the correction of the "
+                     "stage positions it measured (SEM px), its correlation, and its residual "
+                     "after the globally consistent solution (SEM px).</p>")
+        parts.append(metrics_table(seams, list(seams[0])))
     parts.append("<h2>Configuration</h2>")
     parts.append(f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
     parts.append("<h2>Provenance</h2>")
