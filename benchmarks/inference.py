@@ -3,6 +3,7 @@
     python benchmarks/inference.py seams [--model results/model/model.pt]
     python benchmarks/inference.py memory [--sizes 4096 16384 32768]
     python benchmarks/inference.py speed [--model … --tiles results/tiles/S.npz]
+    python benchmarks/inference.py tta --model results/model/model.pt --tiles results/tiles/S.npz
 
 - **seams**: ratio of the mean gradient magnitude across window borders to that inside
   windows (1.0 = no trace of the window grid; target ≤ 1.05), for this predictor
@@ -338,7 +339,7 @@ def tta_benefit(model: torch.nn.Module, margin: int, args: argparse.Namespace) -
     arrays = io.load_npz(args.tiles)
     mask = arrays["mask"].astype(bool)
     print(f"\nTTA on {args.tiles} ({int(mask.sum())} target px of registered FM), "
-          f"model {args.model}")
+          f"model {args.model}: PCC per channel against the measured FM, and time")
     for tta in (False, True):
         pred = WindowedPredictor(model, margin, InferenceSettings(window=args.windows[-1],
                                                                   tta=tta))
@@ -352,7 +353,8 @@ def tta_benefit(model: torch.nn.Module, margin: int, args: argparse.Namespace) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["seams", "memory", "speed", "all", "memory-one"])
+    parser.add_argument("what", choices=["seams", "memory", "speed", "tta", "all",
+                                         "memory-one"])
     parser.add_argument("--model", help="checkpoint (default: random-init default network)")
     parser.add_argument("--tiles", help="speed: a tiles npz for the TTA PCC (with --model)")
     parser.add_argument("--threads", type=int, default=2)
@@ -380,6 +382,9 @@ def main() -> None:
         speed(args)
     if args.what in ("memory", "all"):
         memory(args)
+    if args.what == "tta":
+        model, trained_margin = _load(args.model)
+        tta_benefit(model, model_margin(model, trained_margin), args)
     print(f"\n({time.perf_counter() - t:.0f} s)")
 
 
