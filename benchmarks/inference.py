@@ -190,9 +190,10 @@ def memory(args: argparse.Namespace) -> None:
     import subprocess
 
     root = Path(args.scratch)
-    print(f"\nBounded memory: synthetic EM ({EM_PX_M * 1e9:.2f} nm px) → {TARGET_PX_M * 1e9:.1f} nm"
-          f" target grid, em_scale 4, window {args.window}, random-init network of the default"
-          f" architecture with base_channels {args.base_channels}; each size in a fresh process")
+    print(f"\nBounded memory: synthetic EM ({EM_PX_M * 1e9:.2f} nm px) → "
+          f"{TARGET_PX_M * 1e9:.1f} nm target grid, em_scale 4, window {args.memory_window}, "
+          "random-init network of the default architecture with base_channels "
+          f"{args.base_channels}; each size in a fresh process")
     print(f"  {'EM px':>8} {'EM file':>9} {'target px':>11} {'peak RSS':>10} "
           f"{'after import':>13} {'time':>8} {'EM Mpx/s':>9} {'output':>9}")
     for n in args.sizes:
@@ -203,7 +204,7 @@ def memory(args: argparse.Namespace) -> None:
             write_em(em, n)
             res = subprocess.run([sys.executable, __file__, "memory-one", "--em", str(em),
                                   "--base-channels", str(args.base_channels),
-                                  "--window", str(args.window),
+                                  "--window", str(args.memory_window),
                                   "--threads", str(args.threads)],
                                  capture_output=True, text=True, check=True)
             r = json.loads(res.stdout.strip().splitlines()[-1])
@@ -367,6 +368,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768],
                         help="memory: EM edges (px)")
     parser.add_argument("--base-channels", type=int, default=4, help="memory: network width")
+    parser.add_argument("--memory-window", type=int, default=128, help="memory: window, px")
     parser.add_argument("--scratch", default=".tmp/bench", help="memory: scratch folder")
     parser.add_argument("--em", help=argparse.SUPPRESS)
     args = parser.parse_args()
