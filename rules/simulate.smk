@@ -20,6 +20,7 @@ rule simulate:
         index=section_index,
         seed=config["seed"],
         variant=config["simulate"]["variant"],
+        montage=config["simulate"]["montage"],
         physics=config["simulate"]["params"],
     script:
         "../scripts/simulate.py"

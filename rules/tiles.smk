@@ -9,6 +9,7 @@ rule tiles:
     output:
         npz="results/tiles/{section}.npz",
         json="results/tiles/{section}.json",
+        fm="results/tiles/{section}.fm.ome.tif",
     log:
         "results/logs/tiles/{section}.log",
     benchmark:
@@ -35,6 +36,7 @@ use rule tiles as tiles_round with:
     output:
         npz="results/registration/round{round}/tiles/{section}.npz",
         json="results/registration/round{round}/tiles/{section}.json",
+        fm="results/registration/round{round}/tiles/{section}.fm.ome.tif",
     log:
         "results/logs/tiles/round{round}/{section}.log",
     benchmark:

@@ -16,6 +16,7 @@ simulate.run(
     seed=snakemake.params.seed,
     physics=snakemake.params.physics,
     variant=snakemake.params.variant,
+    montage=snakemake.params.montage,
     exports_dir=snakemake.output.exports,
     truth_json=snakemake.output.truth_json,
     truth_npz=snakemake.output.truth_npz,

@@ -18,4 +18,5 @@ tiles.run(
     split=snakemake.params.split,
     npz_path=snakemake.output.npz,
     json_path=snakemake.output.json,
+    fm_path=snakemake.output.fm,
 )

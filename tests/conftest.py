@@ -110,14 +110,14 @@ def mini_run(tmp_path_factory) -> dict:
                            root / "registration" / f"{s}.json", root / "registration" / f"{s}.png")
         tiles.run(root / "ingest" / f"{s}.json", root / "ingest" / f"{s}.npz",
                   root / "registration" / f"{s}.json", {"em_scale": 4, "tile_size": 16,
-                                                         "margin": 4},
+                                                         "margin": None},
                   split[s], root / "tiles" / f"{s}.npz", root / "tiles" / f"{s}.json")
     model = root / "model"
     out["best"] = train.run(
         [str(root / "tiles" / f"{s}.npz") for s in ("S1", "S2")],
         str(root / "ingest" / "S1.json"), {"base_channels": 4, "max_channels": 16, "depth": 3},
         {"steps": 60, "batch_size": 4, "learning_rate": 0.01, "val_every": 20}, {
-            "tile_size": 16, "margin": 4}, 0, 2, str(model / "model.pt"),
+            "tile_size": 16, "em_scale": 4, "margin": None}, 0, 2, str(model / "model.pt"),
         str(model / "last.pt"), str(model / "training.tsv"))
     for s in sections:
         predict.run(root / "ingest" / f"{s}.json", root / "ingest" / f"{s}.npz",

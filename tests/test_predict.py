@@ -5,7 +5,7 @@ import torch
 from em2fm import io
 from em2fm.geometry import geometry_from_meta
 from em2fm.odemis import read_file
-from em2fm.predict import _window_size, load_model, predict_work
+from em2fm.predict import load_model, predict_work
 from em2fm.tiles import make_grid
 
 
@@ -50,14 +50,10 @@ def test_windows_stitch_seamlessly(mini_run):
 
     grid = make_grid(em_geom, 100e-9, 4)
     em = prepare_em(io.load_npz(root / "ingest" / "S2.npz")["em"], em_geom, grid)
-    small, _ = predict_work(model, em, 4, window=8)
+    small, _ = predict_work(model, em, 4, window=8)  # context raised to the receptive field
     large, _ = predict_work(model, em, 4, window=80)
-    # windows see `margin` px of context; interiors agree closely across window sizes
-    assert np.corrcoef(small.ravel(), large.ravel())[0, 1] > 0.98
+    # windows see the receptive field as context: the window grid leaves no trace
+    np.testing.assert_allclose(small, large, atol=1e-5)
     mean, std = predict_work(model, em, 4, window=40, tta=True)
     assert std is not None and std.shape == mean.shape
 
-
-def test_window_size_fits_the_network():
-    assert _window_size(10, 4, 4, 16) == 12  # (12 + 8)·4 = 80, a multiple of 16
-    assert ((_window_size(33, 3, 8, 32) + 6) * 8) % 32 == 0

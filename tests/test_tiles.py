@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from em2fm import io, tiles
 from em2fm.geometry import ImageGeometry, apply_affine
 from em2fm.tiles import make_grid, prepare_em, registered_fm, window_origins
 
@@ -48,3 +49,22 @@ def test_window_origins():
     assert tiles.tolist() == [[3, 3], [3, 6], [3, 9], [6, 3], [6, 6], [6, 9]]
     assert len(window_origins(mask, 3)) == (7 - 2) * (11 - 2)
     assert window_origins(mask, 20).shape == (0, 2)
+
+
+def test_registered_fm_is_written_on_the_prediction_grid(mini_run, tmp_path):
+    from em2fm.odemis import read_file
+
+    root = mini_run["root"]
+    meta = tiles.run(root / "ingest" / "S3.json", root / "ingest" / "S3.npz",
+                     root / "registration" / "S3.json", {"em_scale": 4, "tile_size": 16},
+                     "test", tmp_path / "S3.npz", tmp_path / "S3.json",
+                     fm_path=tmp_path / "S3.fm.ome.tif")
+    fm = read_file(tmp_path / "S3.fm.ome.tif").images[0]
+    pred = read_file(root / "predictions" / "S3.ome.tif").images[0]
+    assert fm.shape_cyx == pred.shape_cyx and fm.pixel_size_m == pred.pixel_size_m
+    assert fm.centre_m == pytest.approx(pred.centre_m, abs=1e-12)
+    assert [c.name for c in fm.channels] == ["Hoechst"] and fm.channels[0].excitation_nm
+    covered = np.isfinite(fm.data[0])
+    assert covered.mean() == pytest.approx(meta["mask_fraction"])
+    np.testing.assert_allclose(fm.data[:, covered], io.load_npz(tmp_path / "S3.npz")["fm"][
+        :, covered])

@@ -14,7 +14,7 @@ def test_training_outputs(mini_run):
     ckpt = torch.load(model / "model.pt", weights_only=True)  # loads without pickle
     assert ckpt["channels"][0]["name"] == "Hoechst"
     assert len(ckpt["target_mean"]) == 1 and ckpt["target_std"][0] > 0
-    assert ckpt["model"]["em_scale"] == 4 and ckpt["margin"] == 4
+    assert ckpt["model"]["em_scale"] == 4 and ckpt["margin"] == 12  # receptive field
     assert ckpt["train_sections"] == ["S1"] and ckpt["val_sections"] == ["S2"]
     assert torch.load(model / "last.pt", weights_only=True)["step"] == 60
 

@@ -206,3 +206,32 @@ def test_missing_metadata_stops_at_ingest(tiny_run, tmp_path):
     assert f"{bad}: the FM image" in out and "no pixel size" in out and "Fix:" in out
     assert not (work / "results" / "ingest" / "S002.json").exists()  # no partial output
     assert not (work / "results" / "model").exists()
+
+
+def test_a_montage_section_through_the_whole_chain(tiny_run, tmp_path):
+    """S003 exported as an array-tomography montage (EM-grid/ tiles with stage errors):
+    ingest stitches it, and it goes through registration, training, prediction, evaluation
+    and the report like the others."""
+    import yaml
+
+    from em2fm import io
+    from em2fm.simulate import run as simulate
+
+    raw = tmp_path / "exports"
+    shutil.copytree(tiny_run / "results" / "simulate" / "exports", raw)
+    shutil.rmtree(raw / "S003")
+    tiny = yaml.safe_load(TINY.read_text())
+    simulate("S003", 2, tiny["seed"], tiny["simulate"]["params"], "tiled", raw / "S003",
+             tmp_path / "t.json", tmp_path / "t.npz",
+             montage={"tiles": 2, "overlap": 0.15, "jitter_px": 3, "stage_error_nm": 40})
+    truth = tiny_run / "results" / "simulate" / "truth"
+    work = tmp_path / "work"
+    snakemake(work, "results/report.html", "--config", f"raw_dir={raw}", f"truth_dir={truth}")
+    meta = io.read_json(work / "results" / "ingest" / "S003.json")
+    assert meta["montage"]["n_tiles"] == 4 and meta["montage"]["max_residual_px"] < 1.0
+    assert meta["em"]["shape"] == io.read_json(tiny_run / "results" / "ingest" / "S003.json")[
+        "em"]["shape"]
+    rows = [r for r in read_tsv(work / "results" / "metrics.tsv") if r["section"] == "S003"]
+    assert len(rows) == 2 and all(r["registration_error_nm"] < r["metadata_error_nm"]
+                                  for r in rows)
+    assert "SEM montages" in (work / "results" / "report.html").read_text()

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .receptive import resolve_margin, window_period
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key and the fix."""
@@ -157,12 +159,17 @@ def check(config: dict) -> None:
         raise ConfigError(f"model.depth {depth} is too shallow for tiles.em_scale {scale}: "
                           f"the network must contract at least log2(em_scale) times. "
                           f"Fix: set model.depth ≥ {scale.bit_length() - 1}")
-    window = (int(config["tiles"]["tile_size"]) + 2 * int(config["tiles"]["margin"])) * scale
+    try:
+        margin = resolve_margin(config["tiles"].get("margin"), depth, scale)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    window = (int(config["tiles"]["tile_size"]) + 2 * margin) * scale
     if window % 2**depth:
         raise ConfigError(
-            f"(tiles.tile_size + 2·tiles.margin)·tiles.em_scale = {window} EM px is not a "
-            f"multiple of 2**model.depth = {2**depth}. Fix: change tiles.tile_size or "
-            "tiles.margin (e.g. tile_size 32, margin 4 with em_scale 4 and depth 4)")
+            f"(tiles.tile_size + 2·margin)·tiles.em_scale = {window} EM px (margin {margin} "
+            f"target px) is not a multiple of 2**model.depth = {2**depth}. Fix: make "
+            f"tiles.tile_size a multiple of {window_period(depth, scale)}, or set "
+            "tiles.margin to null (computed)")
     check_simulate_params(_simulate_params(config) or {})
 
 

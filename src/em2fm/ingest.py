@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import io, montage
 from .geometry import apply_affine, moving_to_fixed_px
 from .odemis import Channel, ExportError, OdemisFile, OdemisImage, read_file
 from .sections import export_files
@@ -56,6 +56,7 @@ class IngestedSection:
     em: OdemisImage
     fm: OdemisImage  # channels in configured order, data (C, Y, X)
     fm_sources: list[str]  # stream name of each FM channel in the export
+    montage: dict | None = None  # stitching of EM-grid tiles (em2fm.montage), if any
 
     def metadata(self) -> dict:
         """The ``{section}.json`` content."""
@@ -81,6 +82,7 @@ class IngestedSection:
                 "voltage_v": self.em.voltage_v,
                 "current_a": self.em.current_a,
             },
+            **({"montage": self.montage} if self.montage is not None else {}),
         }
 
 
@@ -268,7 +270,18 @@ def ingest_section(
     images = [img for f in files for img in f.images]
     fm_images = [i for i in images if i.is_fluorescence]
     em_images = [i for i in images if not i.is_fluorescence]
-    em = _select_em(em_images, em_stream, folder, warnings)
+    grid_tiles = [i for i in em_images if montage.is_grid_tile(i)] if not em_stream else []
+    stitched = None
+    if grid_tiles:  # array tomography: the SEM is a montage of EM-grid/ tiles
+        others = [i.name for i in em_images if not montage.is_grid_tile(i)]
+        if others:
+            warnings.append(f"SEM images outside EM-grid/ not used ({others}): the EM-grid "
+                            "montage is; set ingest.em_stream to use one of them instead")
+        em, stitched = montage.assemble(grid_tiles)
+        warnings.extend(montage.doubts(stitched))
+    else:
+        em = _select_em([i for i in em_images if not montage.is_grid_tile(i)] or em_images,
+                        em_stream, folder, warnings)
     _check_placement(em, "SEM")
     if not fm_images:
         raise ExportError(
@@ -307,6 +320,7 @@ def ingest_section(
         em=em,
         fm=fm,
         fm_sources=[img.channels[ci].name for img, ci in selected],
+        montage=stitched,
     )
 
 

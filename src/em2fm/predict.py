@@ -1,11 +1,12 @@
 """Predict: whole-section virtual fluorescence from EM alone.
 
-The EM of a section is resampled to the network's input grid, predicted in
-overlapping windows (each with ``margin`` target px of EM context, of which
-only the centre is kept) and written as an OME-TIFF in the Odemis dialect:
-one named channel per FM channel, float32 in the FM's camera units (ADU), with
-its pixel size and centre position in the same stage frame as the exports,
-so it overlays the EM by metadata alone (also in Odemis).
+The EM of a section is read lazily, resampled to the network's input grid region
+by region (:mod:`em2fm.lazy`), predicted window by window with the receptive field
+as context (:mod:`em2fm.inference`) and written band by band as a tiled pyramidal
+OME-TIFF in the Odemis dialect (:mod:`em2fm.pyramid`): one named channel per FM
+channel, float32 in the FM's camera units (ADU), with its pixel size and centre
+position in the same stage frame as the exports, so it overlays the EM by metadata
+alone (in Odemis, Fiji/Bio-Formats, napari). Memory does not grow with the section.
 
 With test-time augmentation the 8 flips/rotations are averaged; their
 standard deviation is written as a second file, the per-pixel uncertainty.
@@ -14,7 +15,6 @@ standard deviation is written as a second file, the per-pixel uncertainty.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +22,22 @@ import torch
 
 from . import io
 from .geometry import geometry_from_meta
-from .odemis import Channel, OdemisImage, write_file
-from .tiles import TargetGrid, make_grid, normalise_em, prepare_em, target_pixel_m
+from .inference import (
+    EMSource,
+    InferenceSettings,
+    WindowedPredictor,
+    choose_device,
+    model_margin,
+    predict_array,
+    set_threads,
+)
+from .lazy import PreparedEM, open_array
+from .odemis import Channel, OdemisImage
+from .pyramid import PlaneSink, write_pyramid
+from .tiles import TargetGrid, make_grid, target_pixel_m
 from .unet import AsymmetricUNet, UNetConfig, build
 
 log = logging.getLogger(__name__)
-
-
-def choose_device(requested: str = "auto") -> torch.device:
-    """``cuda`` when requested or available (auto), else ``cpu``."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; "
-                           "set it to auto or cpu")
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def set_threads(threads: int) -> int:
-    """Use the granted threads, but not more than the CPUs this process may run on."""
-    n = max(1, min(int(threads), len(os.sched_getaffinity(0))))
-    torch.set_num_threads(n)
-    return n
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[AsymmetricUNet, dict]:
@@ -55,95 +49,34 @@ def load_model(path: str | Path, device: torch.device) -> tuple[AsymmetricUNet, 
     return model, ckpt
 
 
-def _window_size(requested: int, margin: int, em_scale: int, multiple: int) -> int:
-    """Smallest window ≥ requested whose input ``(w + 2·margin)·em_scale`` fits the net."""
-    w = max(1, requested)
-    while ((w + 2 * margin) * em_scale) % multiple:
-        w += 1
-    return w
-
-
-def _starts(n: int, w: int) -> list[int]:
-    starts = list(range(0, n - w + 1, w))
-    if starts[-1] + w < n:
-        starts.append(n - w)
-    return starts
-
-
-_DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
-
-
-def _apply(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k, dims=(-2, -1))
-
-
-def _invert(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, -k, dims=(-2, -1))
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return x
-
-
-@torch.no_grad()
 def predict_work(
     model: AsymmetricUNet,
     em_work: np.ndarray,
     margin: int,
-    window: int = 128,
+    window: int = 64,
     tta: bool = False,
     device: torch.device | None = None,
-    batch: int = 4,
+    batch: int | None = None,
+    overlap: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predict the target grid of a prepared EM work image.
+    """Predict the target grid of a prepared EM work image (see :mod:`em2fm.inference`).
 
     Args:
-        model: network in eval mode.
+        model: the network.
         em_work: z-scored EM on the work grid, (H·s, W·s).
-        margin: EM context around each window, in target px.
-        window: output window edge in target px (rounded up to fit the net).
+        margin: EM context around each window, in target px (raised to the receptive
+            field when smaller).
+        window: output window edge in target px (rounded up to the pooling period).
         tta: average the 8 flips/rotations and return their std.
         device: torch device (default: the model's).
-        batch: windows per forward pass.
+        batch: windows per forward pass (None: automatic, see :mod:`em2fm.inference`).
+        overlap: target px blended between neighbouring windows.
 
     Returns:
         ``(mean, std)``, (C, H, W) float32 in normalised units; ``std`` None without TTA.
     """
-    cfg = model.cfg
-    s = cfg.em_scale
-    device = device or next(model.parameters()).device
-    h, w = em_work.shape[0] // s, em_work.shape[1] // s
-    win = _window_size(window, margin, s, cfg.multiple)
-    hp, wp = max(h, win), max(w, win)
-    pad = margin * s
-    padded = np.pad(em_work[: h * s, : w * s],
-                    ((pad, pad + (hp - h) * s), (pad, pad + (wp - w) * s)), mode="reflect")
-    origins = [(r, c) for r in _starts(hp, win) for c in _starts(wp, win)]
-    transforms = _DIHEDRAL if tta else _DIHEDRAL[:1]
-    total = np.zeros((cfg.out_channels, hp, wp), np.float64)
-    total_sq = np.zeros_like(total)
-    size = (win + 2 * margin) * s
-    for i in range(0, len(origins), batch):
-        chunk = origins[i: i + batch]
-        x = torch.from_numpy(np.stack([padded[r * s: r * s + size, c * s: c * s + size]
-                                       for r, c in chunk])[:, None]).to(device)
-        acc = torch.zeros((len(chunk), cfg.out_channels, win, win), dtype=torch.float64)
-        acc_sq = torch.zeros_like(acc)
-        for k, flip in transforms:
-            y = _invert(model(_apply(x, k, flip)), k, flip).float().cpu().double()
-            y = y[:, :, margin: margin + win, margin: margin + win]
-            acc += y
-            acc_sq += y * y
-        for j, (r, c) in enumerate(chunk):
-            total[:, r: r + win, c: c + win] = acc[j].numpy()
-            total_sq[:, r: r + win, c: c + win] = acc_sq[j].numpy()
-    n = len(transforms)
-    mean = (total / n)[:, :h, :w]
-    if not tta:
-        return mean.astype(np.float32), None
-    var = np.maximum(total_sq[:, :h, :w] / n - mean**2, 0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+    settings = InferenceSettings(window=window, overlap=overlap, tta=tta, batch=batch)
+    return predict_array(model, em_work, model_margin(model, margin), settings, device)
 
 
 def denormalise(pred: np.ndarray, ckpt: dict) -> np.ndarray:
@@ -163,46 +96,75 @@ def section_grid(ingest_meta: dict, ckpt: dict, pixel_size_nm: float | None) -> 
     return make_grid(em_geom, px, int(ckpt["model"]["em_scale"]))
 
 
-def prediction_image(data: np.ndarray, grid: TargetGrid, channels: list[Channel],
-                     name: str, extra: dict) -> OdemisImage:
-    """An Odemis image placed on the target grid."""
+def placed_image(shape_cyx: tuple[int, int, int], grid: TargetGrid, channels: list[Channel],
+                 name: str, extra: dict) -> OdemisImage:
+    """Metadata of an Odemis image on the target grid (no pixels: they are streamed)."""
     g = grid.geometry
     return OdemisImage(
-        name=name, data=data.astype(np.float32), channels=channels,
-        shape_cyx=data.shape, dtype="float32", pixel_size_m=g.pixel_size_m,
-        centre_m=g.centre_m, rotation_rad=g.rotation_rad, shear=g.shear,
-        extra_settings=extra,
+        name=name, data=None, channels=channels, shape_cyx=shape_cyx, dtype="float32",
+        pixel_size_m=g.pixel_size_m, centre_m=g.centre_m, rotation_rad=g.rotation_rad,
+        shear=g.shear, extra_settings=extra,
     )
+
+
+def predict_to_files(model: AsymmetricUNet, source: EMSource, grid: TargetGrid, ckpt: dict,
+                     settings: InferenceSettings, device: torch.device,
+                     channels: list[Channel], extra: dict, prediction_path: str | Path,
+                     uncertainty_path: str | Path) -> None:
+    """Predict window by window and write both pyramidal OME-TIFFs, in bounded memory.
+
+    Finished rows go to temporary files beside the outputs as they come
+    (:class:`em2fm.pyramid.PlaneSink`); the tiled pyramids are then written from them.
+    Without TTA the uncertainty file holds zeros.
+    """
+    model.eval()
+    predictor = WindowedPredictor(model, model_margin(model, ckpt.get("margin")), settings,
+                                  device)
+    c = len(channels)
+    shape = (c, *grid.shape_yx)
+    mean_t = np.asarray(ckpt["target_mean"], np.float32)[:, None, None]
+    std_t = np.asarray(ckpt["target_std"], np.float32)[:, None, None]
+    pred = PlaneSink(Path(prediction_path).parent, shape)
+    unc = PlaneSink(Path(uncertainty_path).parent, shape)
+    try:
+        for r, block, sblock in predictor.iter_rows(source):
+            pred.write(r, block * std_t + mean_t)
+            unc.write(r, sblock * std_t if sblock is not None else np.zeros_like(block))
+        pred.close()
+        unc.close()
+    except BaseException:
+        pred.remove()
+        unc.remove()
+        raise
+    unc_channels = [Channel(f"{ch.name} uncertainty", ch.excitation_nm, ch.emission_nm)
+                    for ch in channels]
+    write_pyramid(prediction_path, placed_image(shape, grid, channels, "Prediction", extra),
+                  pred)
+    write_pyramid(uncertainty_path, placed_image(shape, grid, unc_channels,
+                                                 "Prediction uncertainty", extra), unc)
 
 
 def run(ingest_json: str | Path, ingest_npz: str | Path, model_path: str | Path,
         pixel_size_nm: float | None, settings: dict, device: str, threads: int,
         prediction_path: str | Path, uncertainty_path: str | Path) -> None:
     """Predict one section from its EM and write both OME-TIFFs (the rule's entry point)."""
-    window, tta = int(settings["window"]), bool(settings["test_time_augmentation"])
+    tta = bool(settings["test_time_augmentation"])
     n = set_threads(threads)
     dev = choose_device(device)
     model, ckpt = load_model(model_path, dev)
     meta = io.read_json(ingest_json)
-    em = io.load_npz(ingest_npz)["em"]  # only the EM is read: prediction never sees FM
+    em = open_array(ingest_npz, "em")  # only the EM is read (lazily): never the FM
     grid = section_grid(meta, ckpt, pixel_size_nm)
-    em_work = normalise_em(prepare_em(em, geometry_from_meta(meta["em"]), grid),
-                           ckpt.get("em_normalisation", "zscore"))
-    mean, std = predict_work(model, em_work, int(ckpt["margin"]), window, tta, dev)
+    source = PreparedEM(em, geometry_from_meta(meta["em"]), grid,
+                        normalisation=ckpt.get("em_normalisation", "zscore"))
     channels = [Channel(c["name"], c.get("excitation_nm"), c.get("emission_nm"))
                 for c in ckpt["channels"]]
     extra = {"em2fm": {"model": str(model_path), "section": meta["section"],
                        "em_source": meta["em"].get("source"), "test_time_augmentation": tta,
                        "units": "FM camera counts (ADU) of the training data"}}
-    write_file(prediction_path,
-               [prediction_image(denormalise(mean, ckpt), grid, channels, "Prediction", extra)],
-               thumbnail=False, software="em2fm")
-    scale = np.asarray(ckpt["target_std"], np.float32)[:, None, None]
-    unc = std * scale if std is not None else np.zeros_like(mean)
-    unc_channels = [Channel(f"{c.name} uncertainty", c.excitation_nm, c.emission_nm)
-                    for c in channels]
-    write_file(uncertainty_path,
-               [prediction_image(unc, grid, unc_channels, "Prediction uncertainty", extra)],
-               thumbnail=False, software="em2fm")
+    inference = InferenceSettings(window=int(settings["window"]),
+                                  overlap=int(settings.get("overlap", 0)), tta=tta)
+    predict_to_files(model, source, grid, ckpt, inference, dev, channels, extra,
+                     prediction_path, uncertainty_path)
     log.info("%s: predicted %s target px at %.1f nm on %s (%d threads), TTA %s",
              meta["section"], grid.shape_yx, grid.pixel_size_m * 1e9, dev, n, tta)

@@ -32,6 +32,8 @@ from .geometry import (
     smooth_resample,
     warp,
 )
+from .odemis import Channel, OdemisImage
+from .pyramid import write_array
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class TileParams:
     pixel_size_nm: float | None = None  # target grid pixel; None: the section's FM pixel
     em_scale: int = 4  # EM input pixels per target pixel along each axis
     tile_size: int = 32  # target px
-    margin: int = 4  # target px of EM context around a window
+    margin: int | None = None  # EM context (target px); used by train (em2fm.receptive)
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,6 @@ def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: d
         "target_to_em_px": grid.target_to_em_px,
         "target_centre_m": list(grid.geometry.centre_m),
         "tile_size": params.tile_size,
-        "margin": params.margin,
         "n_tiles": len(tiles),
         "mask_fraction": float(mask.mean()),
         "registration_status": registration.get("status", "ok"),
@@ -190,9 +191,33 @@ def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: d
     return {"em": em, "fm": fm.astype(np.float32), "mask": mask, "tiles": tiles}, meta
 
 
+def fm_image(ingest_meta: dict, fm: np.ndarray, mask: np.ndarray, meta: dict) -> OdemisImage:
+    """The registered FM on the target grid as an Odemis image, NaN outside the FM field.
+
+    Same grid, pixel size and stage placement as the prediction of the section (when
+    ``tiles.pixel_size_nm`` is the prediction's), for side-by-side viewing.
+    """
+    channels = [Channel(c["name"], c.get("excitation_nm"), c.get("emission_nm"))
+                for c in ingest_meta["fm"]["channels"]]
+    g = geometry_from_meta(ingest_meta["em"])
+    data = np.where(mask[None], fm, np.nan).astype(np.float32)
+    return OdemisImage(
+        name="FM registered", data=data, channels=channels, shape_cyx=data.shape,
+        dtype="float32", pixel_size_m=(meta["target_pixel_size_m"],) * 2,
+        centre_m=tuple(meta["target_centre_m"]), rotation_rad=g.rotation_rad, shear=g.shear,
+        extra_settings={"em2fm": {"section": meta["section"], "registration_status":
+                                  meta["registration_status"],
+                                  "units": "FM camera counts (ADU), resampled (cubic)"}})
+
+
 def run(ingest_json: str | Path, ingest_npz: str | Path, registration_json: str | Path,
-        settings: dict, split: str, npz_path: str | Path, json_path: str | Path) -> dict:
-    """Tile one section and write its arrays and metadata (the rule's entry point)."""
+        settings: dict, split: str, npz_path: str | Path, json_path: str | Path,
+        fm_path: str | Path | None = None) -> dict:
+    """Tile one section and write its arrays and metadata (the rule's entry point).
+
+    With ``fm_path``, also the registered FM on the target grid as a tiled pyramidal
+    OME-TIFF (:func:`fm_image`), to view beside the prediction.
+    """
     params = TileParams(**settings)
     ingest_meta = io.read_json(ingest_json)
     arrays, meta = make_tiles(ingest_meta, io.load_npz(ingest_npz),
@@ -202,6 +227,8 @@ def run(ingest_json: str | Path, ingest_npz: str | Path, registration_json: str 
         log.warning("%s: no full %d px tile inside the FM/EM overlap (%.0f%% covered)",
                     meta["section"], params.tile_size, 100 * meta["mask_fraction"])
     io.save_npz(npz_path, **arrays)
+    if fm_path is not None:
+        write_array(fm_path, fm_image(ingest_meta, arrays["fm"], arrays["mask"], meta))
     io.write_json(json_path, meta)
     log.info("%s (%s): target grid %s at %.1f nm, EM work grid %s, %d tiles, %.0f%% covered",
              meta["section"], split, meta["target_shape"], grid_nm(meta), arrays["em"].shape,

@@ -278,6 +278,12 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
                  f"<figcaption>{esc(name)} (downsampled): EM (magenta) and FM (green), placed "
                  "by stage metadata, by the multimodal search and after the last round."
                  "</figcaption></figure>")
+    seams = tables.seam_rows(ingests)
+    if seams:  # SEM montages stitched by ingest (em2fm.montage)
+        p.append("<h3>SEM montages</h3><p>Every tile overlap: the correction of the stage "
+                 "positions it measured (SEM px), its correlation, and its residual after the "
+                 "globally consistent solution (SEM px).</p>")
+        p.append(tables.metrics_table(seams, list(seams[0])))
     # configuration and provenance
     p.append("<h2 id='config'>Configuration</h2><p>The configuration as resolved by the "
              "workflow (config.yaml, overrides and defaults from the schema):</p>")

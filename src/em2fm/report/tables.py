@@ -115,3 +115,12 @@ def worst_rows(rows: list[dict], n: int = 3) -> list[dict]:
     scored = [r for r in rows if np.isfinite(float(r.get("pcc", float("nan"))))]
     scored.sort(key=lambda r: (r["split"] != "test", float(r["pcc"])))
     return scored[:n]
+
+
+def seam_rows(ingests: list[dict]) -> list[dict]:
+    """One row per SEM tile overlap of every stitched montage (``ingest["montage"]``)."""
+    return [{"section": ing["section"], "tiles": " / ".join(s["tiles"]),
+             "correction (px)": ", ".join(f"{v:.2f}" for v in s["correction_px"]),
+             "ncc": f"{s['ncc']:.3f}", "used": s["used"],
+             "residual (px)": f"{s['residual_px']:.3f}"}
+            for ing in ingests for s in ing.get("montage", {}).get("seams", [])]

@@ -8,6 +8,8 @@ import shutil
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from .. import io
 from ..geometry import ImageGeometry, moving_to_fixed_px
 from ..odemis import Channel, OdemisImage, write_file, write_per_stream
@@ -55,6 +57,62 @@ def odemis_images(sim: SimulatedSection, params: SimulationParams,
     return [fm, em]
 
 
+def montage_layout(n_px: int, tiles: int, overlap: float, jitter_px: float,
+                   rng: np.random.Generator) -> tuple[int, list[tuple[int, int, int, int]]]:
+    """Tile size and (row index, col index, row px, col px) of an SEM montage of an n² field.
+
+    Tiles overlap by ``overlap`` of their size; interior tile edges are displaced by up to
+    ``jitter_px`` (integer px); the outer tiles touch the field's edges, so the montage
+    covers exactly the simulated field (the same frame as the truth).
+    """
+    size = int((n_px - 2 * jitter_px - 1) // (tiles - (tiles - 1) * overlap)) if tiles > 1 \
+        else n_px
+    step = (n_px - size) / max(1, tiles - 1)
+    out = []
+    for i in range(tiles):
+        for j in range(tiles):
+            pos = []
+            for k in (i, j):
+                if k == 0:
+                    pos.append(0)
+                elif k == tiles - 1:
+                    pos.append(n_px - size)
+                else:
+                    pos.append(round(k * step + rng.uniform(-jitter_px, jitter_px)))
+            out.append((i, j, pos[0], pos[1]))
+    return size, out
+
+
+def montage_images(em: OdemisImage, montage: dict, rng: np.random.Generator
+                   ) -> tuple[list[OdemisImage], dict]:
+    """The SEM image cut into an overlapping montage, each tile with a noisy stage position.
+
+    Returns the tiles (named ``tile-CCCCCxRRRRR``) and their truth (offsets in SEM px).
+    """
+    assert em.data is not None
+    g = em.geometry
+    n = min(em.shape_cyx[1:])
+    size, layout = montage_layout(n, int(montage.get("tiles", 3)),
+                                  float(montage.get("overlap", 0.1)),
+                                  float(montage.get("jitter_px", 4.0)), rng)
+    err = float(montage.get("stage_error_nm", 20.0)) * 1e-9
+    tiles, truth = [], []
+    for i, j, r, c in layout:
+        centre = g.pixel_to_stage() @ np.array([c + (size - 1) / 2, r + (size - 1) / 2, 1.0])
+        recorded = (float(centre[0] + rng.normal(0, err)), float(centre[1] + rng.normal(0, err)))
+        name = f"tile-{j:05d}x{i:05d}"
+        tiles.append(OdemisImage(**{**em.__dict__, "name": name,
+                                    "data": em.data[:, r: r + size, c: c + size].copy(),
+                                    "shape_cyx": (1, size, size), "centre_m": recorded,
+                                    "extra_settings": {**em.extra_settings, "Stage": {
+                                        "position": [{"x": recorded[0], "y": recorded[1]},
+                                                     "m"]}}}))
+        truth.append({"name": name, "offset_px": [r, c], "stage_centre_true_m":
+                      [float(centre[0]), float(centre[1])], "stage_centre_recorded_m":
+                      list(recorded)})
+    return tiles, {"tile_size_px": size, "tiles": truth}
+
+
 def truth_metadata(sim: SimulatedSection, params: SimulationParams, index: int,
                    seed: int) -> dict:
     """Ground truth kept apart from the exports (read by evaluation only)."""
@@ -82,7 +140,8 @@ def truth_metadata(sim: SimulatedSection, params: SimulationParams, index: int,
 
 
 def run(section: str, index: int, seed: int, physics: dict, variant: str,
-        exports_dir: str | Path, truth_json: str | Path, truth_npz: str | Path) -> None:
+        exports_dir: str | Path, truth_json: str | Path, truth_npz: str | Path,
+        montage: dict | None = None) -> None:
     """Simulate one section; write its Odemis exports and, apart, its ground truth.
 
     Args:
@@ -90,10 +149,13 @@ def run(section: str, index: int, seed: int, physics: dict, variant: str,
         index: section index (with ``seed``, selects the random tissue).
         seed: workflow seed.
         physics: the ``simulate.params`` config mapping (defaults for missing keys).
-        variant: ``gui`` (one GUI acquisition file) or ``per-stream`` (one file per stream).
+        variant: ``gui`` (one GUI acquisition file), ``per-stream`` (one file per stream)
+            or ``tiled`` (``CLEM-grid/`` FM, ``EM-grid/`` SEM montage tiles).
         exports_dir: folder to create with the section's exports.
         truth_json: true transforms and parameters.
         truth_npz: noise-free FM (``fm_clean``, ``fm_specific``), ``em_clean``, ``labels``.
+        montage: tiled variant: ``tiles`` per side, ``overlap``, ``jitter_px``,
+            ``stage_error_nm`` (config ``simulate.montage``).
     """
     params = SimulationParams.from_config(physics)
     sim = simulate_section(params, index, seed, name=section)
@@ -107,11 +169,23 @@ def run(section: str, index: int, seed: int, physics: dict, variant: str,
             write_file(tmp / f"{section}.ome.tiff", images, thumbnail=True)
         elif variant == "per-stream":
             write_per_stream(tmp, section, images)
+        elif variant == "tiled":
+            rng = np.random.default_rng(np.random.SeedSequence([seed, index, 8]))
+            tiles, montage_truth = montage_images(images[1], montage or {}, rng)
+            (tmp / "CLEM-grid").mkdir()
+            (tmp / "EM-grid").mkdir()
+            write_file(tmp / "CLEM-grid" / "tile-00000x00000.ome.tiff", images[:1])
+            for tile in tiles:
+                write_file(tmp / "EM-grid" / f"{tile.name}.ome.tiff", [tile], thumbnail=False)
         else:
-            raise ValueError(f"simulate.variant must be gui or per-stream, not {variant!r}")
+            raise ValueError(f"simulate.variant must be gui, per-stream or tiled, not "
+                             f"{variant!r}")
         io.save_npz(truth_npz, fm_clean=sim.fm_clean, fm_specific=sim.fm_specific,
                     em_clean=sim.em_clean, labels=sim.labels)
-        io.write_json(truth_json, truth_metadata(sim, params, index, seed))
+        truth = truth_metadata(sim, params, index, seed)
+        if variant == "tiled":
+            truth["em_montage"] = montage_truth
+        io.write_json(truth_json, truth)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     finally:

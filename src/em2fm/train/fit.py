@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from .. import io
+from ..inference import InferenceSettings, choose_device, predict_array, set_threads
 from ..metrics import pcc
-from ..predict import choose_device, predict_work, set_threads
+from ..receptive import resolve_margin
 from ..tiles import normalise_em
 from ..unet import UNetConfig, build, n_parameters
 from .card import model_card
@@ -108,13 +109,11 @@ def _seed_everything(seed: int) -> None:
 def _validate(model, sections: list[SectionData], margin: int, norm: Normalisation,
               device: torch.device) -> tuple[float, list[float]]:
     """Mean squared error (normalised) and PCC per channel over the validation masks."""
-    model.eval()
     preds, truths = [], []
-    for s in sections:
-        pred, _ = predict_work(model, s.em, margin, window=96, device=device)
+    for s in sections:  # the windowed inference of prediction, with the same context
+        pred, _ = predict_array(model, s.em, margin, InferenceSettings(window=96), device)
         preds.append(pred[:, s.mask])
         truths.append(norm.target(s)[:, s.mask])
-    model.train()
     p, t = np.concatenate(preds, axis=1), np.concatenate(truths, axis=1)
     return float(np.mean((p - t) ** 2)), [pcc(p[c], t[c]) for c in range(p.shape[0])]
 
@@ -356,7 +355,8 @@ def run(tiles_npz: list[str], ingest_json: str, unet: dict, settings: dict, tile
         card_path: str | None = None) -> dict:
     """Train from the rule's inputs (channels read from one ingest JSON)."""
     params = TrainParams(**settings, seed=seed)
-    tile_size, margin = int(tiles["tile_size"]), int(tiles["margin"])
+    tile_size = int(tiles["tile_size"])
+    margin = resolve_margin(tiles.get("margin"), int(unet["depth"]), int(tiles["em_scale"]))
     channels = [{k: c[k] for k in ("name", "excitation_nm", "emission_nm")}
                 for c in io.read_json(ingest_json)["fm"]["channels"]]
     return train(tiles_npz, unet, params, tile_size, margin, channels, model_path,

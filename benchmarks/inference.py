@@ -1,0 +1,394 @@
+"""Windowed inference benchmarks, measured side by side in one run.
+
+    python benchmarks/inference.py seams [--model results/model/model.pt]
+    python benchmarks/inference.py memory [--sizes 4096 16384 32768]
+    python benchmarks/inference.py speed [--model … --tiles results/tiles/S.npz]
+    python benchmarks/inference.py tta --model results/model/model.pt --tiles results/tiles/S.npz
+
+- **seams**: ratio of the mean gradient magnitude across window borders to that inside
+  windows (1.0 = no trace of the window grid; target ≤ 1.05), for this predictor
+  (context = receptive field, aligned windows; butted and blended) and for a naive butted
+  tiler (4 target px of context, the former default), on the prediction and on the TTA
+  uncertainty.
+- **memory**: peak RSS and time of the bounded-memory prediction (lazy EM, window-by-window
+  pyramidal OME-TIFF writing) of synthetic EM sections stored as raw ``.npy`` files (read
+  region by region with positioned reads, as ingest's npz), each size in a fresh process.
+- **speed**: EM Mpx/s of this predictor, the naive tiler and a symmetric U-Net baseline,
+  and the fraction of this machine's measured convolution throughput reached.
+
+Without ``--model`` a randomly initialised network of the default architecture is used,
+its batch-norm statistics measured on the synthetic EM so that every level contributes
+(seams and speed do not need training); PCC needs a trained model and its tiles.
+
+The closing note of issue 8 was printed by:
+
+    nice python benchmarks/inference.py all
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from em2fm.inference import (
+    InferenceSettings,
+    WindowedPredictor,
+    fuse_batchnorm,
+    model_margin,
+    set_threads,
+)
+from em2fm.predict import load_model
+from em2fm.unet import UNetConfig, build
+
+
+def texture(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """EM-like z-scored texture: noise smoothed at several scales (work px)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape, np.float32)
+    for sigma, amp in [(1, 0.5), (4, 1.0), (16, 1.5), (48, 1.0)]:
+        img += amp * ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma)
+    img -= img.mean()
+    return img / img.std()
+
+
+def border_ratio(pred: np.ndarray, origins_r: list[int], origins_c: list[int]) -> float:
+    """Mean |gradient| across window borders / mean |gradient| elsewhere (both axes)."""
+    dx = np.abs(np.diff(pred, axis=-1))  # dx[..., j] between columns j and j+1
+    dy = np.abs(np.diff(pred, axis=-2))
+    bc = np.zeros(dx.shape[-1], bool)
+    bc[[c - 1 for c in origins_c if c > 0]] = True
+    br = np.zeros(dy.shape[-2], bool)
+    br[[r - 1 for r in origins_r if r > 0]] = True
+    border = np.concatenate([dx[..., bc].ravel(), dy[..., br, :].ravel()])
+    inside = np.concatenate([dx[..., ~bc].ravel(), dy[..., ~br, :].ravel()])
+    return float(border.mean() / inside.mean())
+
+
+def _load(model_path: str | None) -> tuple[torch.nn.Module, int | None]:
+    if model_path:
+        model, ckpt = load_model(model_path, torch.device("cpu"))
+        return model, int(ckpt["margin"])
+    torch.manual_seed(0)
+    return calibrated(build(UNetConfig()), texture((1024, 1024), seed=5)), None
+
+
+def calibrated(net: torch.nn.Module, em: np.ndarray, size: int = 352) -> torch.nn.Module:
+    """Random-init network with batch-norm statistics measured on ``em``, in eval mode.
+
+    With the default running statistics (mean 0, var 1) the deep levels of an untrained
+    network contribute almost nothing, so far context would not matter; normalised, every
+    level contributes as in a trained network.
+    """
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None  # cumulative average
+    net.train()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for _ in range(4):
+            r, c = rng.integers(0, em.shape[0] - size, 2)
+            net(torch.from_numpy(np.ascontiguousarray(em[None, None, r: r + size,
+                                                         c: c + size])))
+    return net.eval()
+
+
+def seams(args: argparse.Namespace) -> None:
+    model, trained_margin = _load(args.model)
+    s = model.cfg.em_scale
+    m = model_margin(model, trained_margin)
+    window = args.window
+    cases = [
+        ("reference: whole section in one window (no grid)", m, -1),
+        ("naive: 4 px context, butted", 4, 0),
+        (f"this: {m} px context (receptive field), butted", m, 0),
+        (f"this: {m} px context, {window // 4} px raised-cosine overlap", m, window // 4),
+    ]
+    n, nt = args.size, args.tta_size
+    em, em_t = texture((n * s, n * s)), texture((nt * s, nt * s), seed=1)
+    print(f"\nSeams: window {window} target px; prediction on {n}² target px, TTA uncertainty "
+          f"on {nt}²; {'model ' + args.model if args.model else 'random-init default network'}")
+    print(f"  {'case':<50} {'prediction':>11} {'uncertainty':>12}")
+    for name, margin, overlap in cases:
+        ratios = []
+        for size, image, tta in ((n, em, False), (nt, em_t, True)):
+            whole = overlap < 0
+            pred = WindowedPredictor(model, margin, InferenceSettings(
+                window=size if whole else window, overlap=max(overlap, 0), tta=tta))
+            mean, std = pred.predict(image)
+            # the grid's lines (for the reference: those the butted grid would have)
+            starts = list(range(0, size, window - max(overlap, 0)))
+            ratios.append(border_ratio(std if tta else mean, starts, starts))
+        print(f"  {name:<50} {ratios[0]:11.3f} {ratios[1]:12.3f}", flush=True)
+    print("  ratio = mean |gradient| across window borders / inside windows (target ≤ 1.05); "
+          "the reference shows the texture's own value on the same lines")
+
+
+# -- memory ---------------------------------------------------------------------------------
+EM_PX_M, TARGET_PX_M = 4.86e-9, 106.4e-9  # high-mag SEM tile and FM pixel (odemis-export.md)
+
+
+def write_em(path: Path, n: int, seed: int = 0) -> None:
+    """A synthetic n² uint16 EM as a .npy, written band by band (never whole in memory)."""
+    patch = texture((2048, 2048), seed)
+    patch = np.clip(patch * 3000 + 20000, 0, 65535).astype(np.uint16)
+    rng = np.random.default_rng(seed)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, n))
+    for r0 in range(0, n, 1024):
+        rows = min(1024, n - r0)
+        band = np.roll(patch, tuple(rng.integers(0, 2048, 2)), axis=(0, 1))
+        reps = -(-n // 2048)
+        out[r0: r0 + rows] = np.tile(band[:rows], (1, reps))[:, :n]
+        out.flush()
+    del out
+
+
+def memory_one(args: argparse.Namespace) -> None:
+    """One section in this process: predict + write; print peak RSS and time as JSON."""
+    import json
+    import resource
+
+    from em2fm.geometry import ImageGeometry
+    from em2fm.lazy import PreparedEM, open_array
+    from em2fm.odemis import Channel
+    from em2fm.predict import predict_to_files
+    from em2fm.tiles import make_grid
+
+    torch.manual_seed(0)
+    model = build(UNetConfig(base_channels=args.base_channels)).eval()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    reader = open_array(args.em)
+    geom = ImageGeometry(reader.shape, (EM_PX_M, EM_PX_M), (0.0, 0.0))
+    grid = make_grid(geom, TARGET_PX_M, 4)
+    source = PreparedEM(reader, geom, grid)
+    out = Path(args.em).parent
+    ckpt = {"target_mean": [0.0, 0.0], "target_std": [1.0, 1.0], "margin": None}
+    predict_to_files(model, source, grid, ckpt, InferenceSettings(window=args.window),
+                     torch.device("cpu"), [Channel("Hoechst", 405, 450),
+                                           Channel("Insulin", 590, 617)],
+                     {}, out / "p.ome.tif", out / "u.ome.tif")
+    seconds = time.perf_counter() - t
+    size = (out / "p.ome.tif").stat().st_size
+    print(json.dumps({"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_after_import_mib": rss0, "seconds": seconds,
+                      "target": list(grid.shape_yx), "work": list(grid.work_shape_yx),
+                      "bytes_read": reader.bytes_read, "output_mib": size / 2**20}))
+
+
+def memory(args: argparse.Namespace) -> None:
+    import json
+    import shutil
+    import subprocess
+
+    root = Path(args.scratch)
+    print(f"\nBounded memory: synthetic EM ({EM_PX_M * 1e9:.2f} nm px) → "
+          f"{TARGET_PX_M * 1e9:.1f} nm target grid, em_scale 4, window {args.memory_window}, "
+          "random-init network of the default architecture with base_channels "
+          f"{args.base_channels}; each size in a fresh process")
+    print(f"  {'EM px':>8} {'EM file':>9} {'target px':>11} {'peak RSS':>10} "
+          f"{'after import':>13} {'time':>8} {'EM Mpx/s':>9} {'output':>9}")
+    for n in args.sizes:
+        d = root / f"em{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        try:
+            em = d / "em.npy"
+            write_em(em, n)
+            res = subprocess.run([sys.executable, __file__, "memory-one", "--em", str(em),
+                                  "--base-channels", str(args.base_channels),
+                                  "--window", str(args.memory_window),
+                                  "--threads", str(args.threads)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            print(f"  {n:>7}² {em.stat().st_size / 2**30:7.2f} G {r['target'][0]:>10}² "
+                  f"{r['rss_mib']:7.0f} MiB {r['rss_after_import_mib']:10.0f} MiB "
+                  f"{r['seconds']:7.0f}s {n * n / 1e6 / r['seconds']:9.2f} "
+                  f"{r['output_mib']:6.0f} MiB", flush=True)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# -- speed ----------------------------------------------------------------------------------
+class SymmetricUNet(torch.nn.Module):
+    """Baseline: a symmetric U-Net on EM binned to the target grid (output = input size)."""
+
+    def __init__(self, depth: int = 4, base: int = 32, out_channels: int = 2) -> None:
+        super().__init__()
+        from em2fm.unet import ConvBlock
+
+        w = [base * 2**i for i in range(depth + 1)]
+        self.enc = torch.nn.ModuleList([ConvBlock(1, w[0])] + [ConvBlock(w[i - 1], w[i])
+                                                                for i in range(1, depth + 1)])
+        self.dec = torch.nn.ModuleList([ConvBlock(w[i + 1] + w[i], w[i])
+                                        for i in reversed(range(depth))])
+        self.head = torch.nn.Conv2d(w[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
+        skips = []
+        for i, block in enumerate(self.enc):
+            x = block(F.max_pool2d(x, 2) if i else x)
+            skips.append(x)
+        for block, skip in zip(self.dec, reversed(skips[:-1]), strict=True):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], 1))
+        return self.head(x)
+
+
+def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Multiply-add FLOPs (×2) of the convolutions of one forward pass on ``x``."""
+    total = [0.0]
+
+    def hook(mod: torch.nn.Conv2d, _inp, out: torch.Tensor) -> None:
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        total[0] += 2.0 * mod.in_channels * mod.out_channels * k * out.numel() / out.shape[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
+def machine_conv_flops(repeats: int = 3) -> float:
+    """This machine's float32 3×3 convolution throughput (FLOP/s): the best of a few shapes."""
+    best = 0.0
+    for ch, size in [(16, 768), (32, 512), (64, 256), (128, 128)]:
+        conv = torch.nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        x = torch.randn(1, ch, size, size)
+        with torch.inference_mode():
+            conv(x)
+            t = min(_timed(lambda c=conv, x=x: c(x)) for _ in range(repeats))
+        best = max(best, 2.0 * ch * ch * 9 * size * size / t)
+    return best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def speed(args: argparse.Namespace) -> None:
+    model, trained_margin = _load(args.model)
+    s = model.cfg.em_scale
+    n = args.speed_size
+    em = texture((n * s, n * s), seed=3)
+    em_mpx = em.size / 1e6
+    m = model_margin(model, trained_margin)
+    peak = machine_conv_flops()
+    print(f"\nSpeed: {n}² target px = {n * s}² EM (work) px, {torch.get_num_threads()} CPU "
+          f"threads; measured conv throughput {peak / 1e9:.1f} GFLOP/s (float32 3×3, best of 4 "
+          "shapes)")
+    print(f"  {'case':<58} {'EM Mpx/s':>9} {'× naive':>8} {'× base':>7} {'conv':>6}")
+    rows: list[tuple[str, float, float]] = []
+
+    def window_flops(pred: WindowedPredictor) -> float:
+        size = (pred.window + 2 * pred.margin) * s
+        per = conv_flops(model, torch.zeros(1, 1, size, size)) * len(pred.transforms)
+        count = len(range(0, n, pred.stride)) ** 2
+        return per * count
+
+    cases = [("naive tiler: 4 px context, window 64, butted, batch 4", 4, 64, False, False)]
+    for window in args.windows:
+        cases.append((f"this: {m} px context, window {window}", m, window, False, True))
+    cases.append((f"this, batch norm not folded: window {args.windows[-1]}", m,
+                  args.windows[-1], False, False))
+    cases.append((f"this + TTA (8 flips/rotations): window {args.windows[-1]}", m,
+                  args.windows[-1], True, True))
+    for name, margin, window, tta, fuse in cases:
+        batch = 4 if name.startswith("naive") else None
+        pred = WindowedPredictor(model, margin, InferenceSettings(
+            window=window, tta=tta, fuse=fuse, batch=batch))
+        with torch.inference_mode():
+            pred.predict(em[: 64 * s * 2, : 64 * s * 2])  # warm-up
+            t = _timed(lambda p=pred: p.predict(em))
+        rows.append((name, em_mpx / t, window_flops(pred) / t))
+    base = fuse_batchnorm(SymmetricUNet().eval())  # the same folding, to be fair
+    binned = torch.from_numpy(em.reshape(n, s, n, s).mean((1, 3))[None, None].copy())
+    with torch.inference_mode():
+        base(binned[..., :64, :64])
+        t = _timed(lambda: base(binned))
+    rows.append(("baseline: symmetric U-Net d4 b32, binned EM, whole, folded", em_mpx / t,
+                 conv_flops(base, binned) / t))
+    naive, baseline = rows[0][1], rows[-1][1]
+    for name, mpx, flops in rows:
+        print(f"  {name:<58} {mpx:9.3f} {mpx / naive:8.2f} {mpx / baseline:7.2f} "
+              f"{flops / peak:6.0%}")
+    print("  conv = fraction of the measured conv throughput reached (convolution FLOPs, "
+          "context included, / time)")
+    if args.tiles and args.model:
+        tta_benefit(model, m, args)
+
+
+def tta_benefit(model: torch.nn.Module, margin: int, args: argparse.Namespace) -> None:
+    """PCC with and without TTA on a section's tiles (registered FM, inside the mask)."""
+    from em2fm import io
+    from em2fm.evaluate import pcc
+
+    arrays = io.load_npz(args.tiles)
+    mask = arrays["mask"].astype(bool)
+    print(f"\nTTA on {args.tiles} ({int(mask.sum())} target px of registered FM), "
+          f"model {args.model}: PCC per channel against the measured FM, and time")
+    for tta in (False, True):
+        pred = WindowedPredictor(model, margin, InferenceSettings(window=args.windows[-1],
+                                                                  tta=tta))
+        t = time.perf_counter()
+        mean, _ = pred.predict(arrays["em"])
+        dt = time.perf_counter() - t
+        vals = [pcc(mean[c][mask], arrays["fm"][c][mask]) for c in range(mean.shape[0])]
+        print(f"  TTA {'on ' if tta else 'off'}: PCC " + ", ".join(f"{v:.4f}" for v in vals)
+              + f"  ({dt:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["seams", "memory", "speed", "tta", "all",
+                                         "memory-one"])
+    parser.add_argument("--model", help="checkpoint (default: random-init default network)")
+    parser.add_argument("--tiles", help="speed: a tiles npz for the TTA PCC (with --model)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=192, help="seams: section, target px")
+    parser.add_argument("--tta-size", type=int, default=64, help="seams: TTA section, px")
+    parser.add_argument("--window", type=int, default=32, help="seams: window, target px")
+    parser.add_argument("--windows", type=int, nargs="+", default=[128, 256],
+                        help="speed: windows of this predictor")
+    parser.add_argument("--speed-size", type=int, default=384, help="speed: target px")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768],
+                        help="memory: EM edges (px)")
+    parser.add_argument("--base-channels", type=int, default=4, help="memory: network width")
+    parser.add_argument("--memory-window", type=int, default=128, help="memory: window, px")
+    parser.add_argument("--scratch", default=".tmp/bench", help="memory: scratch folder")
+    parser.add_argument("--em", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    threads = set_threads(args.threads)
+    if args.what == "memory-one":
+        memory_one(args)
+        return
+    print(f"torch {torch.__version__}, {threads} CPU threads")
+    t = time.perf_counter()
+    if args.what in ("seams", "all"):
+        seams(args)
+    if args.what in ("speed", "all"):
+        speed(args)
+    if args.what in ("memory", "all"):
+        memory(args)
+    if args.what == "tta":
+        model, trained_margin = _load(args.model)
+        tta_benefit(model, model_margin(model, trained_margin), args)
+    print(f"\n({time.perf_counter() - t:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Lazy EM: read regions of a large 2-D image from disk, prepare them window by window.
+
+- :class:`RawRegionReader` reads ``[r0:r1, c0:c1]`` of a C-ordered 2-D array stored
+  uncompressed in a file (a ``.npy``, or a member of an uncompressed ``.npz`` such as
+  ingest's ``{section}.npz``) with positioned reads: no memory map (whose resident pages
+  would count in RSS), nothing but the region in memory. :func:`open_array` opens
+  either.
+- :class:`PreparedEM` is the lazy counterpart of :func:`em2fm.tiles.prepare_em`: the EM
+  smoothed and resampled to the work grid and z-scored, computed for a region on demand
+  (with a halo for the anti-aliasing Gaussian, so that it equals the whole-image result);
+  the section mean and std come from one streaming pass. It is an
+  :class:`em2fm.inference.EMSource`.
+
+Peak memory is one window's EM (plus halo) and one band of statistics, whatever the
+section size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .geometry import ImageGeometry
+from .inference import reflect_index
+from .tiles import TargetGrid
+
+
+class RawRegionReader:
+    """Regions of a C-ordered 2-D array stored raw at ``offset`` in ``path``.
+
+    Attributes:
+        shape: (rows, cols) in px.
+        bytes_read: bytes read so far (for tests and benchmarks).
+        max_read: the largest single region read, in bytes.
+    """
+
+    def __init__(self, path: str | Path, offset: int, shape: tuple[int, int],
+                 dtype: np.dtype | str) -> None:
+        self.path = Path(path)
+        self.offset = int(offset)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.bytes_read = 0
+        self.max_read = 0
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """``array[r0:r1, c0:c1]`` (inside the array), as a new array."""
+        h, w = self.shape
+        if not (0 <= r0 <= r1 <= h and 0 <= c0 <= c1 <= w):
+            raise IndexError(f"region [{r0}:{r1}, {c0}:{c1}] outside {self.shape}")
+        item = self.dtype.itemsize
+        out = np.empty((r1 - r0, c1 - c0), self.dtype)
+        if c1 - c0 > w // 2:  # wide: one read of whole rows, then crop
+            buf = os.pread(self._fd, (r1 - r0) * w * item, self.offset + r0 * w * item)
+            out[:] = np.frombuffer(buf, self.dtype).reshape(r1 - r0, w)[:, c0:c1]
+            n = len(buf)
+        else:
+            n = 0
+            for i, r in enumerate(range(r0, r1)):
+                buf = os.pread(self._fd, (c1 - c0) * item, self.offset + (r * w + c0) * item)
+                out[i] = np.frombuffer(buf, self.dtype)
+                n += len(buf)
+        self.bytes_read += n
+        self.max_read = max(self.max_read, n)
+        return out
+
+
+def _npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
+def open_array(path: str | Path, key: str | None = None) -> RawRegionReader:
+    """A lazy reader of a 2-D ``.npy`` file, or of member ``key`` of an uncompressed ``.npz``.
+
+    Raises:
+        ValueError: naming the file, when the array is compressed, not 2-D or not C-ordered
+            (then it cannot be read region by region).
+    """
+    path = Path(path)
+    if key is None:
+        with open(path, "rb") as fh:
+            shape, fortran, dtype = _npy_header(fh)
+            offset = fh.tell()
+    else:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(f"{key}.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: array {key!r} is compressed and cannot be read "
+                                 "region by region; write it with numpy.savez (uncompressed)")
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(
+                local[28:30], "little")
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            shape, fortran, dtype = _npy_header(fh)
+            offset = fh.tell()
+    if len(shape) != 2 or fortran:
+        raise ValueError(f"{path}: {key or 'array'} is not a C-ordered 2-D image (shape "
+                         f"{shape}); cannot read it region by region")
+    return RawRegionReader(path, offset, shape, dtype)
+
+
+PERCENTILE_SAMPLES = 4_000_000  # work px sampled for the percentile normalisation
+
+
+class PreparedEM:
+    """The EM on a target grid's work grid, z-scored, computed region by region.
+
+    Equals :func:`em2fm.tiles.prepare_em` of the whole image (up to float rounding):
+    the same Gaussian anti-aliasing (σ = 0.5·factor EM px, truncated at 3σ, nearest at
+    the image edges) and the same linear sampling, computed on the region plus a halo.
+    """
+
+    def __init__(self, reader, em_geometry: ImageGeometry, grid: TargetGrid,
+                 band_rows: int = 256, normalisation: str = "zscore") -> None:
+        self.reader = reader
+        self.shape = grid.work_shape_yx
+        self.factor = grid.work_pixel_size_m / float(em_geometry.pixel_size_m[0])
+        self.sigma = 0.5 * self.factor if self.factor > 1 else 0.0
+        self.halo = (int(3.0 * self.sigma + 0.5) if self.sigma > 0 else 0) + 2
+        eh, ew = reader.shape
+        if (int(eh // self.factor) < self.shape[0]) or (int(ew // self.factor) < self.shape[1]):
+            raise ValueError(f"EM work image {(int(eh // self.factor), int(ew // self.factor))}"
+                             f" smaller than the grid {self.shape}")
+        if normalisation not in ("zscore", "percentile"):
+            raise ValueError(f"EM normalisation {normalisation!r}: use zscore or percentile")
+        self.mean, self.std = 0.0, 1.0
+        self.mean, self.std = self._statistics(band_rows, normalisation)
+
+    def _raw(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Prepared (not z-scored) work px ``[r0:r1, c0:c1]``, all inside the grid."""
+        f = self.factor
+        if f == 1.0:
+            return self.reader.read(r0, r1, c0, c1).astype(np.float32)
+        eh, ew = self.reader.shape
+        rows = (np.arange(r0, r1) + 0.5) * f - 0.5
+        cols = (np.arange(c0, c1) + 0.5) * f - 0.5
+        a = max(0, math.floor(rows[0]) - self.halo)
+        b = min(eh, math.ceil(rows[-1]) + self.halo + 1)
+        c = max(0, math.floor(cols[0]) - self.halo)
+        d = min(ew, math.ceil(cols[-1]) + self.halo + 1)
+        img = self.reader.read(a, b, c, d).astype(np.float32)
+        if self.sigma > 0:
+            img = ndimage.gaussian_filter(img, self.sigma, mode="nearest", truncate=3.0)
+        out = ndimage.map_coordinates(img, np.meshgrid(rows - a, cols - c, indexing="ij"),
+                                      order=1, mode="nearest")
+        return out.astype(np.float32)
+
+    def _statistics(self, band_rows: int, normalisation: str = "zscore"
+                    ) -> tuple[float, float]:
+        """Offset and scale of the normalisation, streamed block by block.
+
+        ``zscore``: mean and std of the work image. ``percentile``: the
+        :data:`em2fm.tiles.EM_PERCENTILES` map to ±2 (as :func:`em2fm.tiles.normalise_em`),
+        from a regular subsample of at most :data:`PERCENTILE_SAMPLES` work px.
+        """
+        h, w = self.shape
+        if normalisation == "percentile":
+            from .tiles import EM_PERCENTILES
+
+            step = max(1, math.ceil(math.sqrt(h * w / PERCENTILE_SAMPLES)))
+            samples = []
+            for r0 in range(0, h, band_rows):
+                for c0 in range(0, w, 4 * band_rows):
+                    block = self._raw(r0, min(h, r0 + band_rows), c0, min(w, c0 + 4 * band_rows))
+                    samples.append(block[(-r0) % step::step, (-c0) % step::step].ravel())
+            lo, hi = np.percentile(np.concatenate(samples), EM_PERCENTILES)
+            return (float(lo) + float(hi)) / 2, max((float(hi) - float(lo)) / 4, 1e-6)
+        total, total_sq, n = 0.0, 0.0, 0
+        for r0 in range(0, h, band_rows):  # blocks, so that memory does not grow with width
+            for c0 in range(0, w, 4 * band_rows):
+                block = self._raw(r0, min(h, r0 + band_rows), c0,
+                                  min(w, c0 + 4 * band_rows)).astype(np.float64)
+                total += float(block.sum())
+                total_sq += float((block * block).sum())
+                n += block.size
+        mean = total / n
+        return mean, math.sqrt(max(total_sq / n - mean * mean, 0.0))
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows ``r0:r1``, columns ``c0:c1`` (work px), z-scored, reflected beyond the image."""
+        h, w = self.shape
+        ri = reflect_index(np.arange(r0, r1), h)
+        ci = reflect_index(np.arange(c0, c1), w)
+        a, b, c, d = int(ri.min()), int(ri.max()) + 1, int(ci.min()), int(ci.max()) + 1
+        region = self._raw(a, b, c, d)
+        if (a, b, c, d) != (r0, r1, c0, c1):
+            region = region[(ri - a)[:, None], (ci - c)[None, :]]
+        return (region - np.float32(self.mean)) / np.float32(max(self.std, 1e-6))
