@@ -58,3 +58,24 @@ def test_lazy_reading_never_loads_the_whole_image(em_npz):
     before = reader.bytes_read
     lazy.read(100, 140, 100, 140)  # a 40² work px window: 100² EM px + halo
     assert reader.bytes_read - before < whole / 20
+
+
+@pytest.mark.parametrize("samples", [None, 500])
+def test_percentile_normalisation_equals_the_in_memory_one(em_npz, monkeypatch, samples):
+    """The model's per-section EM percentile normalisation, streamed (and subsampled)."""
+    from em2fm import lazy as lazy_mod
+    from em2fm.tiles import normalise_em
+
+    if samples is not None:
+        monkeypatch.setattr(lazy_mod, "PERCENTILE_SAMPLES", samples)
+    em, path = em_npz
+    g = ImageGeometry(em.shape, (10e-9, 10e-9), (0.0, 0.0))
+    grid = make_grid(g, 100e-9, 4)
+    full = normalise_em(prepare_em(em, g, grid), "percentile")
+    lazy = PreparedEM(open_array(path, "em"), g, grid, band_rows=37, normalisation="percentile")
+    got = lazy.read(0, full.shape[0], 0, full.shape[1])
+    tol = 2e-4 if samples is None else 0.1  # a 500-px subsample: percentiles within ~5 %
+    np.testing.assert_allclose(got, full, atol=tol * np.abs(full).max())
+    assert not np.allclose(got, prepare_em(em, g, grid), atol=1e-3)  # not the z-score
+    with pytest.raises(ValueError, match="zscore or percentile"):
+        PreparedEM(open_array(path, "em"), g, grid, normalisation="minmax")
