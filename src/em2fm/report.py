@@ -317,12 +317,18 @@ def registration_rows(registrations: list[dict]) -> list[dict]:
     return out
 
 
-def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[SectionView],
+def build_html(*, metrics: list[dict], training_tsv: str | Path | None,
+               views: list[SectionView],
                registrations: list[dict], overlays: dict[str, str | Path],
                rounds: list[dict],
                ingests: list[dict], config: dict, simulated: bool, zoom_um: float,
-               model: dict) -> str:
-    """The whole report as one HTML string."""
+               model: dict, em_only_html: str = "", model_html: str = "") -> str:
+    """The whole report as one HTML string.
+
+    ``em_only_html`` (:func:`em_only_sections_html`) and ``model_html``
+    (:func:`model_provenance_html`) are inserted as given; without ``training_tsv`` (a
+    given model) the training section is left out.
+    """
     from .evaluate import COLUMNS
 
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -370,8 +376,15 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
                 "automatically: strongest shared signal, measured signal the network did not "
                 "predict (aspecific labelling or bleed-through typically), lowest confidence; "
                 "(H) pixel-wise agreement.</figcaption></figure>")
+    parts.append(em_only_html)
+    parts.append(ingest_warnings_html(ingests))
     parts.append("<h2>All sections</h2>")
     parts.append(metrics_table(metrics, COLUMNS))
+    parts.append(model_html)
+    if training_tsv is None:
+        parts.append(_after_training(registrations, rounds, overlays, config, ingests))
+        parts.append("</body></html>")
+        return "\n".join(parts)
     parts.append("<h2>Training</h2>")
     parts.append(
         f"<p>Best checkpoint at step {model.get('step')} (mean validation PCC "
@@ -385,6 +398,15 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
                  "also counts section-to-section brightness differences (staining, lamp) that "
                  "no EM-based prediction can know; the PCC ignores them.</figcaption>"
                  "</figure>")
+    parts.append(_after_training(registrations, rounds, overlays, config, ingests))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _after_training(registrations: list[dict], rounds: list[dict],
+                    overlays: dict[str, str | Path], config: dict, ingests: list[dict]) -> str:
+    """Registration, configuration and provenance parts of the report."""
+    parts = []
     parts.append(
         "<h2>Registration</h2><p>Correction on top of the stage metadata (shift in the stage "
         "frame, x right, y up; rotation counter-clockwise; scale error of the FM pixel size). "
@@ -424,29 +446,154 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path, views: list[Sec
     parts.append("<p>Input exports:</p>")
     parts.append(metrics_table(files, ["section", "file", "variant", "dialect", "bytes",
                                        "sha256"]))
-    parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def run(metrics_tsv: str, training_tsv: str, model_path: str, tiles_npz: list[str],
-        predictions: list[str], uncertainties: list[str], ingest_json: list[str],
-        registration_json: list[str], overlays: list[str], rounds_tsv: str,
-        sections: list[str],
-        config: dict, simulated: bool, zoom_size_um: float, html_path: str) -> None:
-    """Build the report from the rule's inputs and write it."""
+def run(metrics_tsv: str | None, training_tsv: str | None, model_path: str,
+        tiles_npz: list[str], predictions: list[str], uncertainties: list[str],
+        ingest_json: list[str], registration_json: list[str], overlays: list[str],
+        rounds_tsv: str | None, sections: list[str],
+        config: dict, simulated: bool, zoom_size_um: float, html_path: str,
+        fm_sections: list[str] | None = None, em_only: list[str] | None = None,
+        em_only_npz: list[str] | None = None, model_card: dict | None = None) -> None:
+    """Build the report from the rule's inputs and write it.
+
+    ``sections`` are all sections (``predictions``, ``ingest_json`` follow them);
+    ``fm_sections`` those with FM (``tiles_npz``, ``registration_json``, ``overlays``),
+    ``em_only`` the predict sections (``em_only_npz``: their ingest npz). Without
+    ``metrics_tsv`` (no section with FM) or ``training_tsv`` (a given model) those parts
+    are left out; ``model_card`` describes a given model.
+    """
     import torch
 
+    fm_sections = list(sections if fm_sections is None else fm_sections)
+    em_only = list(em_only or [])
     ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
     model = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    views = [load_view(s, t, p, u) for s, t, p, u in
-             zip(sections, tiles_npz, predictions, uncertainties, strict=True)]
+    pred_of = dict(zip(sections, predictions, strict=True))
+    unc_of = dict(zip(sections, uncertainties, strict=True))
+    ingest_of = dict(zip(sections, ingest_json, strict=True))
+    views = [load_view(s, t, pred_of[s], unc_of[s]) for s, t in
+             zip(fm_sections, tiles_npz, strict=True)]
+    em_only_html = em_only_sections_html(
+        [(s, ingest_of[s], n, pred_of[s]) for s, n in
+         zip(em_only, em_only_npz or [], strict=True)])
     text = build_html(
-        metrics=read_tsv(metrics_tsv), training_tsv=training_tsv, views=views,
+        metrics=read_tsv(metrics_tsv) if metrics_tsv else [], training_tsv=training_tsv,
+        views=views,
         registrations=[io.read_json(p) for p in registration_json],
-        overlays=dict(zip(sections, overlays, strict=True)),
-        rounds=[{**r, "round": int(r["round"])} for r in read_tsv(rounds_tsv)],
+        overlays=dict(zip(fm_sections, overlays, strict=True)),
+        rounds=([{**r, "round": int(r["round"])} for r in read_tsv(rounds_tsv)]
+                if rounds_tsv else []),
         ingests=[io.read_json(p) for p in ingest_json], config=config, simulated=simulated,
-        zoom_um=zoom_size_um, model=model,
+        zoom_um=zoom_size_um, model=model, em_only_html=em_only_html,
+        model_html=model_provenance_html(model_path, model, model_card),
     )
     io.write_text(html_path, text)
     log.info("report: %d sections, %.1f MB", len(views), len(text) / 1e6)
+
+
+# --------------------------------------------------------------------------------------------
+# EM-only sections, ingest warnings and model provenance (self-contained; build_html inserts
+# their HTML as given).
+
+
+def em_only_figure(name: str, em: np.ndarray, em_pixel_m: float, pred: np.ndarray,
+                   pred_pixel_m: float, channels: list[str]) -> str:
+    """PNG (base64): per channel, the EM, the prediction and the prediction over the EM.
+
+    Args:
+        em: the section's EM (Y, X), raw.
+        em_pixel_m: its pixel size (m).
+        pred: prediction (C, H, W) on the target grid (anchored at the EM's top-left corner).
+        pred_pixel_m: the prediction's pixel size (m).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .geometry import smooth_resample
+
+    em_t, _ = smooth_resample(em.astype(np.float32), pred_pixel_m / em_pixel_m)
+    h, w = min(em_t.shape[0], pred.shape[1]), min(em_t.shape[1], pred.shape[2])
+    em_n = _norm(em_t[:h, :w])
+    fig, axes = plt.subplots(len(channels), 3, figsize=(10.5, 3.6 * len(channels)),
+                             squeeze=False)
+    for c, ch in enumerate(channels):
+        p = _norm(pred[c, :h, :w])
+        rgb = np.stack([0.6 * em_n, 0.6 * em_n + 0.4 * p, 0.6 * em_n], axis=-1)
+        for ax, img, title in ((axes[c, 0], em_n, f"{name}: EM"),
+                               (axes[c, 1], p, f"predicted {ch}"),
+                               (axes[c, 2], np.clip(rgb, 0, 1), f"predicted {ch} over EM")):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def em_only_sections_html(items: list[tuple[str, str | Path, str | Path, str | Path]]) -> str:
+    """Report part for the predict sections: ``(section, ingest JSON, ingest npz,
+    prediction)`` each; figures without PCC (there is no FM to compare with)."""
+    if not items:
+        return ""
+    parts = ["<h2>EM-only sections (predicted, not evaluated)</h2>",
+             "<p>These sections have the role <em>predict</em>: the network painted "
+             "fluorescence onto their EM; there is no measured FM to compare with, so no "
+             "PCC. The OME-TIFF predictions overlay the EM by stage metadata.</p>"]
+    for section, ingest_json, ingest_npz, prediction in items:
+        meta = io.read_json(ingest_json)
+        em = io.load_npz(ingest_npz)["em"]
+        img = read_file(prediction).images[0]
+        assert img.data is not None and img.pixel_size_m is not None
+        channels = [c.name for c in img.channels]
+        b64 = em_only_figure(meta.get("name", section), em, float(meta["em"]["pixel_size_m"][0]),
+                             img.data, float(img.pixel_size_m[0]), channels)
+        label = html.escape(str(meta.get("name", section)))
+        parts.append(f"<figure>{_img(b64, f'{section} EM-only prediction')}<figcaption>"
+                     f"{label} (EM only): the EM at the prediction's pixel size "
+                     f"({img.pixel_size_m[0] * 1e9:.1f} nm), the prediction, and the "
+                     "prediction (green) over the EM.</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def ingest_warnings_html(ingests: list[dict]) -> str:
+    """Table of the warnings ingest recorded (``warnings`` of each ingest JSON)."""
+    rows = [{"section": i.get("name", i["section"]), "role": i.get("role") or "",
+             "warning": w} for i in ingests for w in i.get("warnings", [])]
+    if not rows:
+        return ""
+    return ("<h2>Input warnings</h2><p>Ingest read these sections but found something to "
+            "check:</p>" + metrics_table(rows, ["section", "role", "warning"]))
+
+
+def model_provenance_html(model_path: str | Path, model: dict, card: dict | None) -> str:
+    """Where the model came from: path, checksum, what it was trained on.
+
+    ``model`` is the checkpoint's metadata (no weights); ``card`` is
+    :func:`em2fm.pretrained.model_card` for a given model (None: trained in this run).
+    """
+    sha = card["sha256"] if card else sha256(model_path)
+    origin = ("given with <code>model=</code>: not trained in this run" if card
+              else "trained in this run")
+    rows = [
+        {"key": "path", "value": str(card["path"] if card else model_path)},
+        {"key": "origin", "value": "given (model=PATH)" if card else "trained in this run"},
+        {"key": "sha256", "value": sha},
+        {"key": "channels", "value": ", ".join(
+            f"{c['name']} (ex {c.get('excitation_nm')} nm)" for c in model.get("channels", []))},
+        {"key": "target pixel (nm)",
+         "value": f"{float(model.get('target_pixel_size_m', float('nan'))) * 1e9:.2f}"},
+        {"key": "em_scale", "value": str(model.get("model", {}).get("em_scale"))},
+        {"key": "trained on", "value": ", ".join(model.get("train_sections", [])) or "?"},
+        {"key": "validated on", "value": ", ".join(model.get("val_sections", [])) or "?"},
+        {"key": "best step", "value": str(model.get("step", "?"))},
+        {"key": "validation PCC (mean)",
+         "value": f"{float(model.get('val_pcc_mean', float('nan'))):.3f}"},
+    ]
+    body = "".join(f"<tr><td class='l'>{html.escape(r['key'])}</td>"
+                   f"<td class='l'>{html.escape(r['value'])}</td></tr>" for r in rows)
+    return (f"<h2>Model</h2><p>The model that made every prediction, {origin}. Every "
+            "section was predicted on its grid (EM resampled to its input pixel size).</p>"
+            f"<div class='wide'><table>{body}</table></div>")
