@@ -57,3 +57,25 @@ def test_zoom_regions_are_inside_the_grid(mini_run):
     for i, (_, r1, c1) in enumerate(regions):  # 80 px leave room for 3 disjoint 20 px zooms
         for _, r2, c2 in regions[i + 1:]:
             assert abs(r1 - r2) >= 20 or abs(c1 - c2) >= 20
+
+
+def test_em_only_sections_and_model_provenance(mini_run):
+    from em2fm.pretrained import model_card
+
+    root = mini_run["root"]
+    part = report.em_only_sections_html(
+        [("S3", root / "ingest" / "S3.json", root / "ingest" / "S3.npz",
+          root / "predictions" / "S3.ome.tif")])
+    assert "EM-only sections" in part and part.count("<img") == 1 and "PCC" in part
+    import torch
+
+    path = root / "model" / "model.pt"
+    meta = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "state_dict"}
+    card = model_card(path)
+    given = report.model_provenance_html(path, meta, card)
+    assert card["sha256"] in given and "given" in given and ">S1<" in given
+    assert "trained in this run" in report.model_provenance_html(path, meta, None)
+    warn = report.ingest_warnings_html([{"section": "S1", "name": "S 1", "role": "test",
+                                         "warnings": ["non-square pixels"]}])
+    assert "S 1" in warn and "non-square" in warn
+    assert report.ingest_warnings_html([{"section": "S1", "warnings": []}]) == ""

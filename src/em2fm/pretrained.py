@@ -56,8 +56,10 @@ def model_card(path: str | Path) -> dict:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file gets the same message
+        # torch's own message advises weights_only=False (unsafe): name the error type only
         raise ConfigError(f"model {str(p)!r} is not a readable model checkpoint "
-                          f"({type(exc).__name__}: {exc}). {fix}") from None
+                          f"({type(exc).__name__}; it is loaded with weights_only=True, "
+                          f"tensors and plain values only). {fix}") from None
     if not isinstance(ckpt, dict):
         raise ConfigError(f"model {str(p)!r} is not an em2fm checkpoint (no metadata). {fix}")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]

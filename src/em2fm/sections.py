@@ -258,7 +258,8 @@ class Plan:
         em_streams: SEM stream of each section (None: the finest).
         split_error: why no model can be trained on these sections (None: it can);
             raised by :meth:`require_training`.
-        model: path of a trained model to apply (``model=PATH``): no training.
+        model: path of a trained model to apply (``model.path``, ``model=PATH``): no
+            training.
     """
 
     simulated: bool
@@ -320,7 +321,7 @@ def plan(config: dict) -> Plan:
                 f"config 'sections' names {missing}, not found in {raw_dir!r} (found "
                 f"{folders}). Fix: list existing section folders, or set sections: null")
         folders = [s for s in folders if s in set(wanted)]
-    model = config.get("model_path")
+    model = (config.get("model") or {}).get("path")
     sheet = config.get("section_sheet")
     em_stream = (config.get("ingest") or {}).get("em_stream")
     split_error = None
