@@ -81,7 +81,7 @@ def _exports(root, names_fm: dict[str, bool]):
 
 def test_safe_names():
     assert safe_name("S001") == "S001"
-    assert safe_name("<b>x<b>") == "b_x_b_"
+    assert safe_name("<b>x<b>") == "b_x_b"
     assert safe_name("a b/../c") == "a_b_.._c"
     assert safe_name("..") == "section"
     assert safe_name("-rf") == "rf"
@@ -156,3 +156,9 @@ def test_sheet_without_train_role_is_an_error_only_for_training(tmp_path):
     p = plan({"raw_dir": str(raw), "split": {}, "section_sheet": str(sheet)})
     with pytest.raises(ConfigError, match="no section the role train"):
         p.require_training()
+
+
+def test_path_variables_in_folder_names_are_rejected(tmp_path):
+    _exports(tmp_path, {"<b>x<b>": True, "S2": True, "S3": True})
+    with pytest.raises(ConfigError, match=r"section folder '<b>x<b>'.*e\.g\. to 'b_x_b'"):
+        plan({"raw_dir": str(tmp_path), "split": {}})

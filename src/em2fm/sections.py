@@ -21,7 +21,9 @@ so any single section can be ingested, registered and predicted.
 Section names are wildcard values and file names under ``results/``: a folder
 whose name is not made of ``A-Z a-z 0-9 . _ -`` (or starts with ``.`` or
 ``-``) gets a safe name (:func:`safe_name`); the folder name is kept for
-display and for reading its exports.
+display and for reading its exports. Two folders with one safe name, and a
+folder name holding ``<name>`` (a Snakemake path variable in any input path),
+are rejected at start with the fix.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SPLITS = ("train", "val", "test")
 ROLES = (*SPLITS, "predict")
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+#: What Snakemake reads as a path variable in any input path (``<name>``).
+_PATHVAR = re.compile(r"<[a-z][a-z0-9_]*>")
 
 
 def natural_key(name: str) -> list:
@@ -134,11 +138,30 @@ def split_sections(
 
 def safe_name(name: str) -> str:
     """A name usable as a wildcard value and a file name: runs of characters other than
-    ``A-Z a-z 0-9 . _ -`` become ``_``; a leading ``.``, ``_`` or ``-`` is dropped."""
+    ``A-Z a-z 0-9 . _ -`` become ``_``; leading and trailing ``.``, ``_``, ``-`` are dropped."""
     if _SAFE.fullmatch(name):
         return name
-    out = _UNSAFE_CHARS.sub("_", name).lstrip("._-")
+    out = _UNSAFE_CHARS.sub("_", name).strip("._-")
     return out or "section"
+
+
+def check_path_variables(raw_dir: str, folders: list[str]) -> None:
+    """Reject folder names holding ``<name>``: Snakemake expands it as a path variable in
+    every input path, so the section's exports could not be inputs of a rule.
+
+    Raises:
+        ConfigError: naming the folder and a safe name to rename it to.
+    """
+    if _PATHVAR.search(raw_dir):
+        raise ConfigError(f"raw_dir {raw_dir!r} holds {_PATHVAR.search(raw_dir).group()}, "
+                          "which Snakemake reads as a path variable. Fix: rename the folder "
+                          "(no '<' '>' in its path)")
+    for f in folders:
+        if _PATHVAR.search(f):
+            raise ConfigError(
+                f"section folder {f!r} in {raw_dir!r}: Snakemake reads "
+                f"{_PATHVAR.search(f).group()!r} in a path as a path variable, so its exports "
+                f"cannot be read. Fix: rename the folder, e.g. to {safe_name(f)!r}")
 
 
 def safe_names(folders: list[str]) -> dict[str, str]:
@@ -356,6 +379,8 @@ def plan(config: dict) -> Plan:
                 split_error = (f"no section in {raw_dir!r} has FM, so no model can be "
                                "trained. Fix: add sections with FM exports, or apply a "
                                "trained model with --config model=PATH")
+    if not simulated:
+        check_path_variables(raw_dir, folders)
     names = safe_names(folders)
     sections = [names[f] for f in folders]
     truth = config.get("truth_dir") or (SIMULATED_TRUTH if simulated else None)
