@@ -172,3 +172,19 @@ def test_non_square_pixels(tmp_path, rng):
     write_file(tmp_path / "a.ome.tiff", images)
     r = ingest_section(tmp_path, "S1", DYES)
     assert any("non-square" in w for w in r.metadata()["warnings"])
+
+
+def test_predict_section_does_not_decode_fm_only_files(tmp_path, rng, monkeypatch):
+    write_per_stream(tmp_path, "S7", _images(rng))
+    calls = []
+    real = ingest.read_file
+
+    def spy(path, load_pixels=True):
+        calls.append((Path(path).name, load_pixels))
+        return real(path, load_pixels)
+
+    monkeypatch.setattr(ingest, "read_file", spy)
+    r = ingest_section(tmp_path, "S1", DYES, read_fm=False)
+    assert r.fm is None and r.em.data is not None
+    decoded = [name for name, pixels in calls if pixels]
+    assert len(decoded) == 1 and "Secondary" in decoded[0], calls

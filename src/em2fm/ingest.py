@@ -16,7 +16,8 @@ Output:
   channels in configured order (no ``fm`` for an EM-only section).
 
 A ``predict`` section (role from the section sheet, or a folder without FM) is
-EM only: its FM, if any, is never read.
+EM only: its FM, if any, is never used (a file holding FM only is not decoded;
+a GUI acquisition file is decoded whole, its FM ignored).
 
 Implausible input stops with an error naming the file: an FM pixel not larger
 than the SEM pixel (the network predicts coarse FM from fine EM), a configured
@@ -278,7 +279,12 @@ def ingest_section(
         raise ExportError(folder, "no OME-TIFF export (*.ome.tiff) in the section folder",
                           "export the section's acquisitions from Odemis as OME-TIFF into "
                           "this folder")
-    files = [read_file(p) for p in paths]
+    if read_fm:
+        files = [read_file(p) for p in paths]
+    else:  # a file holding FM only is not even decoded
+        headers = [read_file(p, load_pixels=False) for p in paths]
+        files = [read_file(p) if any(not i.is_fluorescence for i in f.images) else f
+                 for p, f in zip(paths, headers, strict=True)]
     warnings = [f"{Path(f.path).name}: {w}" for f in files for w in f.warnings]
     dialects = sorted({f.dialect for f in files})
     images = [img for f in files for img in f.images]
