@@ -51,11 +51,12 @@ def _render(geom, blobs: np.ndarray, sigma_m: float) -> np.ndarray:
 
 
 def make_section(folder: Path, index: int, fm_pixel_m: float = 100e-9, with_fm: bool = True,
-                 name: str | None = None) -> dict:
+                 name: str | None = None, insulin: bool = False) -> dict:
     """Write one tiny Odemis export; return its true FM→EM transform and clean FM.
 
     ``fm_pixel_m``: FM pixel size (m); ``with_fm`` False writes the SEM image only (an
-    EM-only section); ``name``: the file's stem (default ``S{index}``).
+    EM-only section); ``name``: the file's stem (default ``S{index}``); ``insulin`` adds a
+    second FM channel (ex 590 / em 617 nm, the default config's Insulin) to the export.
     """
     import math
 
@@ -77,9 +78,13 @@ def make_section(folder: Path, index: int, fm_pixel_m: float = 100e-9, with_fm: 
     clean = 100 + 1000 * _render(fm_true, blobs, 300e-9)
     fm = rng.poisson(clean)
     folder.mkdir(parents=True)
-    fm_image = OdemisImage("Hoechst", fm[None].astype(np.uint16), [Channel("Hoechst", 405, 450)],
-                           (1, 120, 120), "uint16", fm_meta.pixel_size_m, fm_meta.centre_m,
-                           rotation_rad=fm_meta.rotation_rad)
+    planes, channels = [fm], [Channel("Hoechst", 405, 450)]
+    if insulin:
+        planes.append(rng.poisson(100 + 500 * _render(fm_true, blobs[::2], 300e-9)))
+        channels.append(Channel("Insulin", 590, 617))
+    data = np.stack(planes).astype(np.uint16)
+    fm_image = OdemisImage("FM", data, channels, data.shape, "uint16", fm_meta.pixel_size_m,
+                           fm_meta.centre_m, rotation_rad=fm_meta.rotation_rad)
     write_file(folder / f"{name or f'S{index}'}.ome.tiff", [*([fm_image] if with_fm else []),
         OdemisImage("BSE", np.clip(em, 0, 65535)[None].astype(np.uint16), [Channel("BSE")],
                     (1, 320, 320), "uint16", em_geom.pixel_size_m, em_geom.centre_m),

@@ -170,7 +170,9 @@ def _match_channel(
             f"no FM channel matches {dye.name!r} (excitation {dye.excitation_nm:g} nm "
             f"± {tolerance_nm:g} nm); channels found: {_describe_channels(fm_images)}",
             f"set dyes.{dye.name}.excitation_nm to the wavelength used, or choose other "
-            "channels, e.g. --config 'channels=[Hoechst]'",
+            "channels, e.g. --config 'channels=[Hoechst]' (with model=PATH the channels are "
+            "the model's), or give the section the role predict (EM only) in the section "
+            "sheet",
         )
     if len(hits) > 1:
         # the same stream exported twice (e.g. GUI file + per-stream file) is fine if identical
