@@ -10,17 +10,31 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from em2fm.config import check, coerce_to_schema, load_schema  # noqa: E402
+from em2fm.config import model_shorthand  # noqa: E402
 from em2fm.sections import export_files, plan  # noqa: E402
 
 _SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-config.update(coerce_to_schema(dict(config), load_schema(_SCHEMA)))
+config.update(coerce_to_schema(model_shorthand(dict(config)), load_schema(_SCHEMA)))
 
 
 validate(config, "../schemas/config.schema.yaml")
 check(config)
 
+# Sections and their roles (train, val, test, predict). A split that cannot train is not an
+# error here: the rules that train raise it (PLAN.require_training), so any section can be
+# ingested, registered and predicted on its own.
 PLAN = plan(config)
 SECTIONS = PLAN.sections
+FM_SECTIONS = PLAN.with_fm  # registered, tiled, evaluated
+EM_ONLY = PLAN.em_only  # predict sections: EM only
+
+# A trained model to apply (model=PATH): nothing is trained; its channels and grid are used.
+MODEL_CARD = None
+if PLAN.model is not None:
+    from em2fm.pretrained import apply_settings, model_card
+
+    MODEL_CARD = model_card(PLAN.model)
+    config.update(apply_settings(config, MODEL_CARD))
 
 
 wildcard_constraints:
@@ -31,12 +45,37 @@ def section_exports(wildcards):
     """Export files of a section (or the simulator's output folder)."""
     if PLAN.simulated:
         return f"{PLAN.raw_dir}/{wildcards.section}"
-    return [str(p) for p in export_files(Path(PLAN.raw_dir) / wildcards.section)]
+    return [str(p) for p in export_files(Path(section_folder(wildcards)))]
 
 
 def section_folder(wildcards):
-    """The folder holding a section's exports."""
-    return f"{PLAN.raw_dir}/{wildcards.section}"
+    """The folder holding a section's exports (its name may differ from the safe name)."""
+    return f"{PLAN.raw_dir}/{PLAN.folder(wildcards.section)}"
+
+
+def section_name(wildcards):
+    """The section's folder name, for display."""
+    return PLAN.folder(wildcards.section)
+
+
+def section_em_stream(wildcards):
+    """SEM stream of a section: the section sheet's, else ingest.em_stream."""
+    return PLAN.em_streams.get(wildcards.section)
+
+
+def unet_settings():
+    """The network's architecture keys of `model` (without `path`)."""
+    return {k: v for k, v in config["model"].items() if k != "path"}
+
+
+def model_file(wildcards):
+    """The model that predicts: the given one (model=PATH) or the one trained here."""
+    return PLAN.model if PLAN.model is not None else "results/model/model.pt"
+
+
+def training_log(wildcards):
+    """The training TSV of the model trained here (none when a model is given)."""
+    return [] if PLAN.model is not None else "results/model/training.tsv"
 
 
 def section_index(wildcards):
@@ -45,35 +84,58 @@ def section_index(wildcards):
 
 
 def section_split(wildcards):
-    """train, val or test."""
+    """The section's role: train, val, test or predict."""
     return PLAN.split[wildcards.section]
 
 
 def training_tiles(wildcards):
-    """Tiles of the training and validation sections."""
+    """Tiles of the training and validation sections (raises when none can train)."""
+    PLAN.require_training()
     return expand("results/tiles/{section}.npz", section=PLAN.in_split("train", "val"))
 
 
 def truth_files(wildcards):
-    """Ground truth of every section, where known (simulated data)."""
+    """Ground truth of every evaluated section, where known (simulated data)."""
     if PLAN.truth_dir is None:
         return []
-    return expand(f"{PLAN.truth_dir}/{{section}}.json", section=SECTIONS) + expand(
-        f"{PLAN.truth_dir}/{{section}}.npz", section=SECTIONS
+    return expand(f"{PLAN.truth_dir}/{{section}}.json", section=FM_SECTIONS) + expand(
+        f"{PLAN.truth_dir}/{{section}}.npz", section=FM_SECTIONS
     )
 
 
 def training_tiles_json(wildcards):
     """Tiles metadata of the training and validation sections."""
+    PLAN.require_training()
     return expand("results/tiles/{section}.json", section=PLAN.in_split("train", "val"))
 
 
 def first_ingest_json(wildcards):
     """Ingest metadata of the first training section (channel names and wavelengths)."""
+    PLAN.require_training()
     return f"results/ingest/{PLAN.in_split('train')[0]}.json"
 
 
+def report_inputs(wildcards):
+    """Inputs of the report: metrics only where a section has FM; the training log only
+    where a model was trained here; the EM of the predict sections."""
+    out = {
+        "ingest_em_only": expand("results/ingest/{section}.npz", section=EM_ONLY),
+        "training": training_log(wildcards),
+    }
+    if FM_SECTIONS:
+        out["metrics"] = "results/metrics.tsv"
+        out["rounds"] = "results/registration_rounds.tsv"
+    return out
+
+
+# Prediction-driven registration rounds. Each round trains a model on the previous round's
+# registrations; with a given model (model=PATH) one round registers to its prediction;
+# where no model can be trained (too few sections) the final registration is round 0.
 REFINE_ROUNDS = int(config["register"]["refine_rounds"])
+if PLAN.model is not None:
+    REFINE_ROUNDS = min(REFINE_ROUNDS, 1)
+elif PLAN.split_error is not None:
+    REFINE_ROUNDS = 0
 
 
 def previous_round_registration(wildcards):
@@ -84,7 +146,10 @@ def previous_round_registration(wildcards):
 
 
 def previous_round_model(wildcards):
-    """Model trained on the registrations of the round before ``wildcards.round``."""
+    """Model trained on the registrations of the round before ``wildcards.round`` (the
+    given model, with model=PATH)."""
+    if PLAN.model is not None:
+        return PLAN.model
     return f"results/registration/round{int(wildcards.round) - 1}/model/model.pt"
 
 
@@ -95,6 +160,7 @@ def final_round_registration(wildcards):
 
 def round_training_tiles(wildcards):
     """Tiles of the training and validation sections at one registration round."""
+    PLAN.require_training()
     return expand(
         "results/registration/round{round}/tiles/{section}.npz",
         round=wildcards.round,
@@ -115,14 +181,26 @@ def round_train_settings():
 def upstream_benchmarks(wildcards):
     """Benchmark files of every job the report depends on (wall time, peak memory)."""
     rounds = range(REFINE_ROUNDS)
-    fit = PLAN.in_split("train", "val")
-    per_section = ["ingest", "register/round0", "register/final", "tiles", "predict"]
-    per_section += [f"register/round{r + 1}" for r in rounds]
-    if PLAN.simulated:
-        per_section.append("simulate")
-    files = [
-        f"results/benchmarks/{step}/{s}.tsv" for step in per_section for s in SECTIONS
-    ]
-    files += [f"results/benchmarks/tiles/round{r}/{s}.tsv" for r in rounds for s in fit]
-    files += [f"results/benchmarks/train/round{r}.tsv" for r in rounds]
-    return files + ["results/benchmarks/train.tsv", "results/benchmarks/evaluate.tsv"]
+    trained_here = PLAN.model is None
+    fit = PLAN.in_split("train", "val") if trained_here else []
+    per_fm = ["register/round0", "register/final", "tiles"]
+    per_fm += [f"register/round{r + 1}" for r in rounds]
+    per_section = ["ingest", "predict"] + (["simulate"] if PLAN.simulated else [])
+    files = [f"results/benchmarks/{step}/{s}.tsv" for step in per_section for s in SECTIONS]
+    files += [f"results/benchmarks/{step}/{s}.tsv" for step in per_fm for s in FM_SECTIONS]
+    if trained_here:
+        files += [f"results/benchmarks/tiles/round{r}/{s}.tsv" for r in rounds for s in fit]
+        files += [f"results/benchmarks/train/round{r}.tsv" for r in rounds]
+        files.append("results/benchmarks/train.tsv")
+    if FM_SECTIONS:
+        files.append("results/benchmarks/evaluate.tsv")
+    return files
+
+
+def tile_grid_reference(wildcards):
+    """Ingest JSON of the first training section: its FM pixel size is the target grid of
+    every section when tiles.pixel_size_nm is null, so all sections share the model's
+    grid (none when the grid is configured or given by a model)."""
+    if config["tiles"]["pixel_size_nm"] is not None or not PLAN.in_split("train"):
+        return []
+    return f"results/ingest/{PLAN.in_split('train')[0]}.json"

@@ -1,15 +1,16 @@
-# Metrics per section and channel: PCC, trivial baselines, noise ceiling, registration error.
+# Metrics per section and channel: PCC, trivial baselines, noise ceiling, registration error
+# (sections with FM only; predict sections have nothing to compare with).
 
 
 rule evaluate:
     input:
-        tiles=expand("results/tiles/{section}.npz", section=SECTIONS),
-        tiles_json=expand("results/tiles/{section}.json", section=SECTIONS),
-        predictions=expand("results/predictions/{section}.ome.tif", section=SECTIONS),
-        ingest=expand("results/ingest/{section}.json", section=SECTIONS),
-        ingest_npz=expand("results/ingest/{section}.npz", section=SECTIONS),
-        registration=expand("results/registration/{section}.json", section=SECTIONS),
-        model="results/model/model.pt",
+        tiles=expand("results/tiles/{section}.npz", section=FM_SECTIONS),
+        tiles_json=expand("results/tiles/{section}.json", section=FM_SECTIONS),
+        predictions=expand("results/predictions/{section}.ome.tif", section=FM_SECTIONS),
+        ingest=expand("results/ingest/{section}.json", section=FM_SECTIONS),
+        ingest_npz=expand("results/ingest/{section}.npz", section=FM_SECTIONS),
+        registration=expand("results/registration/{section}.json", section=FM_SECTIONS),
+        model=model_file,
         truth=truth_files,
     output:
         metrics=report(
@@ -33,7 +34,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=15,
     params:
-        sections=SECTIONS,
+        sections=FM_SECTIONS,
         truth_dir=PLAN.truth_dir,
     script:
         "../scripts/evaluate.py"

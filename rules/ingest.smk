@@ -1,4 +1,5 @@
-# Validate a section's Odemis exports and convert them to internal files.
+# Validate a section's Odemis exports and convert them to internal files (EM only for a
+# predict section).
 
 
 rule ingest:
@@ -19,9 +20,11 @@ rule ingest:
         runtime=10,
     params:
         folder=section_folder,
+        name=section_name,
+        role=section_split,
         channels=config["channels"],
         dyes=config["dyes"],
         wavelength_tolerance_nm=config["ingest"]["wavelength_tolerance_nm"],
-        em_stream=config["ingest"]["em_stream"],
+        em_stream=section_em_stream,
     script:
         "../scripts/ingest.py"

@@ -3,18 +3,16 @@
 
 rule report:
     input:
-        metrics="results/metrics.tsv",
-        rounds="results/registration_rounds.tsv",
-        training="results/model/training.tsv",
-        model="results/model/model.pt",
-        tiles=expand("results/tiles/{section}.npz", section=SECTIONS),
+        unpack(report_inputs),
+        model=model_file,
+        tiles=expand("results/tiles/{section}.npz", section=FM_SECTIONS),
         predictions=expand("results/predictions/{section}.ome.tif", section=SECTIONS),
         uncertainty=expand(
             "results/predictions/{section}.uncertainty.ome.tif", section=SECTIONS
         ),
         ingest=expand("results/ingest/{section}.json", section=SECTIONS),
-        registration=expand("results/registration/{section}.json", section=SECTIONS),
-        overlays=expand("results/registration/{section}.png", section=SECTIONS),
+        registration=expand("results/registration/{section}.json", section=FM_SECTIONS),
+        overlays=expand("results/registration/{section}.png", section=FM_SECTIONS),
         benchmarks=upstream_benchmarks,
     output:
         report(
@@ -34,6 +32,9 @@ rule report:
         runtime=15,
     params:
         sections=SECTIONS,
+        fm_sections=FM_SECTIONS,
+        em_only=EM_ONLY,
+        model_card=MODEL_CARD,
         config=config,
         simulated=PLAN.simulated,
         settings=config["report"],

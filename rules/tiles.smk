@@ -6,6 +6,7 @@ rule tiles:
         ingest_json="results/ingest/{section}.json",
         ingest_npz="results/ingest/{section}.npz",
         registration="results/registration/{section}.json",
+        reference=tile_grid_reference,
     output:
         npz="results/tiles/{section}.npz",
         json="results/tiles/{section}.json",
@@ -33,6 +34,7 @@ use rule tiles as tiles_round with:
         ingest_json="results/ingest/{section}.json",
         ingest_npz="results/ingest/{section}.npz",
         registration="results/registration/round{round}/{section}.json",
+        reference=tile_grid_reference,
     output:
         npz="results/registration/round{round}/tiles/{section}.npz",
         json="results/registration/round{round}/tiles/{section}.json",

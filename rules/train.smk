@@ -29,7 +29,7 @@ rule train:
         mem_mb=8000,
         runtime=120,
     params:
-        model=config["model"],
+        model=unet_settings(),
         settings=config["train"],
         tiles=config["tiles"],
         seed=config["seed"],
@@ -54,7 +54,7 @@ use rule train as train_round with:
     benchmark:
         "results/benchmarks/train/round{round}.tsv"
     params:
-        model=config["model"],
+        model=unet_settings(),
         settings=round_train_settings(),
         tiles=config["tiles"],
         seed=config["seed"],

@@ -19,4 +19,6 @@ ingest.run(
     em_stream=snakemake.params.em_stream,
     json_path=snakemake.output.json,
     npz_path=snakemake.output.npz,
+    role=snakemake.params.role,
+    name=snakemake.params.name,
 )

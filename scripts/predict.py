@@ -20,4 +20,5 @@ predict.run(
     threads=snakemake.threads,
     prediction_path=snakemake.output.prediction,
     uncertainty_path=snakemake.output.uncertainty,
+    model_card=snakemake.params.model_card,
 )

@@ -11,8 +11,8 @@ setup_logging(snakemake.log[0])
 from em2fm import report
 
 report.run(
-    metrics_tsv=snakemake.input.metrics,
-    training_tsv=snakemake.input.training,
+    metrics_tsv=snakemake.input.get("metrics") or None,
+    training_tsv=snakemake.input.get("training") or None,
     model_path=snakemake.input.model,
     tiles_npz=list(snakemake.input.tiles),
     predictions=list(snakemake.input.predictions),
@@ -20,7 +20,7 @@ report.run(
     ingest_json=list(snakemake.input.ingest),
     registration_json=list(snakemake.input.registration),
     overlays=list(snakemake.input.overlays),
-    rounds_tsv=snakemake.input.rounds,
+    rounds_tsv=snakemake.input.get("rounds") or None,
     sections=snakemake.params.sections,
     config=snakemake.params.config,
     simulated=snakemake.params.simulated,
@@ -30,4 +30,8 @@ report.run(
     benchmarks=list(snakemake.input.benchmarks),
     benchmark_root="results/benchmarks",
     html_path=snakemake.output[0],
+    fm_sections=snakemake.params.fm_sections,
+    em_only=snakemake.params.em_only,
+    em_only_npz=list(snakemake.input.ingest_em_only),
+    model_card=snakemake.params.model_card,
 )

@@ -16,6 +16,7 @@ tiles.run(
     registration_json=snakemake.input.registration,
     settings=snakemake.params.settings,
     split=snakemake.params.split,
+    reference_json=snakemake.input.get("reference") or None,
     npz_path=snakemake.output.npz,
     json_path=snakemake.output.json,
     fm_path=snakemake.output.fm,

@@ -50,8 +50,14 @@ def _render(geom, blobs: np.ndarray, sigma_m: float) -> np.ndarray:
     return (np.exp(-d2 / (2 * sigma_m**2)) * blobs[None, :, 2]).sum(1).reshape(geom.shape_yx)
 
 
-def make_section(folder: Path, index: int) -> dict:
-    """Write one tiny Odemis export; return its true FM→EM transform and clean FM."""
+def make_section(folder: Path, index: int, fm_pixel_m: float = 100e-9, with_fm: bool = True,
+                 name: str | None = None, insulin: bool = False) -> dict:
+    """Write one tiny Odemis export; return its true FM→EM transform and clean FM.
+
+    ``fm_pixel_m``: FM pixel size (m); ``with_fm`` False writes the SEM image only (an
+    EM-only section); ``name``: the file's stem (default ``S{index}``); ``insulin`` adds a
+    second FM channel (ex 590 / em 617 nm, the default config's Insulin) to the export.
+    """
     import math
 
     from em2fm.geometry import ImageGeometry, moving_to_fixed_px
@@ -63,7 +69,7 @@ def make_section(folder: Path, index: int) -> dict:
     blobs = np.column_stack([centre[0] + rng.uniform(-6e-6, 6e-6, n),
                              centre[1] + rng.uniform(-6e-6, 6e-6, n), rng.uniform(0.4, 1, n)])
     em_geom = ImageGeometry((320, 320), (25e-9, 25e-9), tuple(centre))
-    fm_true = ImageGeometry((120, 120), (100e-9, 100e-9), (centre[0] + 3e-7, centre[1]),
+    fm_true = ImageGeometry((120, 120), (fm_pixel_m, fm_pixel_m), (centre[0] + 3e-7, centre[1]),
                             rotation_rad=math.radians(3))
     fm_meta = ImageGeometry(fm_true.shape_yx, fm_true.pixel_size_m,
                             (fm_true.centre_m[0] + 2e-7, fm_true.centre_m[1] - 2e-7),
@@ -72,10 +78,14 @@ def make_section(folder: Path, index: int) -> dict:
     clean = 100 + 1000 * _render(fm_true, blobs, 300e-9)
     fm = rng.poisson(clean)
     folder.mkdir(parents=True)
-    write_file(folder / f"S{index}.ome.tiff", [
-        OdemisImage("Hoechst", fm[None].astype(np.uint16), [Channel("Hoechst", 405, 450)],
-                    (1, 120, 120), "uint16", fm_meta.pixel_size_m, fm_meta.centre_m,
-                    rotation_rad=fm_meta.rotation_rad),
+    planes, channels = [fm], [Channel("Hoechst", 405, 450)]
+    if insulin:
+        planes.append(rng.poisson(100 + 500 * _render(fm_true, blobs[::2], 300e-9)))
+        channels.append(Channel("Insulin", 590, 617))
+    data = np.stack(planes).astype(np.uint16)
+    fm_image = OdemisImage("FM", data, channels, data.shape, "uint16", fm_meta.pixel_size_m,
+                           fm_meta.centre_m, rotation_rad=fm_meta.rotation_rad)
+    write_file(folder / f"{name or f'S{index}'}.ome.tiff", [*([fm_image] if with_fm else []),
         OdemisImage("BSE", np.clip(em, 0, 65535)[None].astype(np.uint16), [Channel("BSE")],
                     (1, 320, 320), "uint16", em_geom.pixel_size_m, em_geom.centre_m),
     ])

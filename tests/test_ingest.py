@@ -120,3 +120,71 @@ def test_no_export(tmp_path):
 def test_fm_far_from_em(tmp_path, rng):
     write_file(tmp_path / "acq.ome.tiff", _images(rng, fm_centre=(5e-3, 2e-3)))
     _expect_error(tmp_path, "does not overlap")
+
+
+# ------------------------------------------------------------ EM-only sections, implausible input
+
+
+def test_predict_section_reads_em_only(tmp_path, rng):
+    write_file(tmp_path / "a.ome.tiff", _images(rng))
+    r = ingest_section(tmp_path, "S1", DYES, read_fm=False)
+    assert r.fm is None and r.metadata()["fm"] is None
+    assert any("not read" in w for w in r.warnings)
+    ingest.write_outputs(r, tmp_path / "o.json", tmp_path / "o.npz")
+    assert set(np.load(tmp_path / "o.npz").files) == {"em"}
+    assert json.loads((tmp_path / "o.json").read_text())["fm"] is None
+
+
+def test_em_only_export_needs_the_predict_role(tmp_path, rng):
+    write_file(tmp_path / "a.ome.tiff", _images(rng)[1:])
+    assert ingest_section(tmp_path, "S1", DYES, read_fm=False).fm is None
+    with pytest.raises(ExportError, match=r"no fluorescence image.*role predict"):
+        ingest_section(tmp_path, "S1", DYES)
+
+
+def test_fm_pixel_not_larger_than_sem_pixel_is_an_error(tmp_path, rng):
+    images = _images(rng)
+    images[1].pixel_size_m = (2e-7, 2e-7)  # SEM coarser than the FM
+    write_file(tmp_path / "a.ome.tiff", images)
+    with pytest.raises(ExportError, match=r"FM pixel \(100 nm\) is not larger than the SEM "
+                                          "pixel \\(200 nm"):
+        ingest_section(tmp_path, "S1", DYES)
+
+
+def test_constant_channel_is_an_error(tmp_path, rng):
+    images = _images(rng)
+    images[0].data[1] = 0  # the Insulin channel was not acquired
+    write_file(tmp_path / "a.ome.tiff", images)
+    with pytest.raises(ExportError, match=r"'Insulin'.*is constant \(all zero\)") as err:
+        ingest_section(tmp_path, "S1", DYES)
+    assert str(tmp_path / "a.ome.tiff") in str(err.value)
+    assert ingest_section(tmp_path, "S1", DYES[:1]).fm is not None  # Hoechst alone is fine
+
+
+def test_non_square_pixels(tmp_path, rng):
+    images = _images(rng)
+    images[1].pixel_size_m = (1e-8, 1.2e-8)
+    write_file(tmp_path / "a.ome.tiff", images)
+    with pytest.raises(ExportError, match=r"SEM image .* non-square pixels"):
+        ingest_section(tmp_path, "S1", DYES)
+    images = _images(rng)
+    images[0].pixel_size_m = (1e-7, 1.1e-7)
+    write_file(tmp_path / "a.ome.tiff", images)
+    r = ingest_section(tmp_path, "S1", DYES)
+    assert any("non-square" in w for w in r.metadata()["warnings"])
+
+
+def test_predict_section_does_not_decode_fm_only_files(tmp_path, rng, monkeypatch):
+    write_per_stream(tmp_path, "S7", _images(rng))
+    calls = []
+    real = ingest.read_file
+
+    def spy(path, load_pixels=True):
+        calls.append((Path(path).name, load_pixels))
+        return real(path, load_pixels)
+
+    monkeypatch.setattr(ingest, "read_file", spy)
+    r = ingest_section(tmp_path, "S1", DYES, read_fm=False)
+    assert r.fm is None and r.em.data is not None
+    decoded = [name for name, pixels in calls if pixels]
+    assert len(decoded) == 1 and "Secondary" in decoded[0], calls

@@ -57,3 +57,23 @@ def test_windows_stitch_seamlessly(mini_run):
     mean, std = predict_work(model, em, 4, window=40, tta=True)
     assert std is not None and std.shape == mean.shape
 
+
+def test_grid_is_the_models_whatever_the_fm_pixel_size(mini_run):
+    import pytest
+
+    from em2fm import io
+    from em2fm.predict import section_grid
+
+    root = mini_run["root"]
+    ckpt = torch.load(root / "model" / "model.pt", weights_only=True)
+    meta = io.read_json(root / "ingest" / "S1.json")
+    other = {**meta, "fm": {**meta["fm"], "pixel_size_m": [80e-9, 80e-9]}}
+    for m in (meta, other, {**meta, "fm": None}):
+        g = section_grid(m, ckpt, None)
+        assert g.pixel_size_m == pytest.approx(ckpt["target_pixel_size_m"])
+        assert g.work_pixel_size_m == pytest.approx(25e-9)
+    assert section_grid(other, ckpt, 80).pixel_size_m == g.pixel_size_m  # config loses
+    coarse = {**meta, "em": {**meta["em"], "pixel_size_m": [50e-9, 50e-9]}}
+    with pytest.raises(ValueError, match=r"SEM pixel \(50 nm\) is coarser than the model's "
+                                         "EM input pixel \\(25 nm"):
+        section_grid(coarse, ckpt, None)

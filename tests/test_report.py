@@ -227,3 +227,26 @@ def test_chromium_check_sees_failures(tmp_path):
     assert r.network_requests == ["http://127.0.0.1:9/nothing.png"]
     assert any("boom" in e for e in r.console_errors)
     assert r.dialogs == ["1"] and r.scripts == 1
+
+
+def test_em_only_sections_and_model_provenance(mini_run):
+    from em2fm.pretrained import model_card
+    from em2fm.report import em_only
+
+    root = mini_run["root"]
+    part = em_only.em_only_sections_html(
+        [("S3", root / "ingest" / "S3.json", root / "ingest" / "S3.npz",
+          root / "predictions" / "S3.ome.tif")])
+    assert "EM-only sections" in part and part.count("<img") == 1 and "no PCC" in part
+    import torch
+
+    path = root / "model" / "model.pt"
+    meta = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "state_dict"}
+    card = model_card(path)
+    given = em_only.model_provenance_html(path, meta, card)
+    assert card["sha256"] in given and "given" in given and "S1" in given
+    assert "trained in this run" in em_only.model_provenance_html(path, meta, None)
+    warn = em_only.ingest_warnings_html([{"section": "S1", "name": "S 1", "role": "test",
+                                         "warnings": ["non-square pixels"]}])
+    assert "S 1" in warn and "non-square" in warn
+    assert em_only.ingest_warnings_html([{"section": "S1", "warnings": []}]) == ""

@@ -68,3 +68,22 @@ def test_registered_fm_is_written_on_the_prediction_grid(mini_run, tmp_path):
     assert covered.mean() == pytest.approx(meta["mask_fraction"])
     np.testing.assert_allclose(fm.data[:, covered], io.load_npz(tmp_path / "S3.npz")["fm"][
         :, covered])
+
+
+def test_reference_section_sets_every_sections_grid(mini_run, tmp_path):
+    """Without tiles.pixel_size_nm, all sections share the first training section's FM
+    pixel (the model's grid), whatever their own."""
+    from em2fm import io, tiles
+
+    root = mini_run["root"]
+    ref = io.read_json(root / "ingest" / "S1.json")
+    ref["fm"]["pixel_size_m"] = [80e-9, 80e-9]
+    io.write_json(tmp_path / "ref.json", ref)
+    settings = {"pixel_size_nm": None, "em_scale": 4, "tile_size": 16, "margin": 4}
+    args = (root / "ingest" / "S3.json", root / "ingest" / "S3.npz",
+            root / "registration" / "S3.json", settings, "test")
+    meta = tiles.run(*args, tmp_path / "a.npz", tmp_path / "a.json",
+                     reference_json=tmp_path / "ref.json")
+    assert abs(meta["target_pixel_size_m"] - 80e-9) < 1e-15
+    meta = tiles.run(*args, tmp_path / "b.npz", tmp_path / "b.json")
+    assert abs(meta["target_pixel_size_m"] - 100e-9) < 1e-15  # its own FM pixel

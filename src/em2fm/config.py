@@ -141,6 +141,17 @@ def _coerce(value: Any, schema: dict) -> Any:
     return value
 
 
+def model_shorthand(config: dict) -> dict:
+    """``--config model=PATH`` (a string) means ``model: {path: PATH}`` (apply that model).
+
+    The architecture keys of ``model`` then take their defaults: a checkpoint carries its own.
+    """
+    value = config.get("model")
+    if isinstance(value, str):
+        return {**config, "model": {"path": value}}
+    return config
+
+
 def check(config: dict) -> None:
     """Cross-key checks the JSON schema cannot express; raise ConfigError with the fix."""
     unknown = [c for c in config["channels"] if c not in config["dyes"]]
@@ -153,6 +164,9 @@ def check(config: dict) -> None:
     if reg is not None and reg not in config["channels"]:
         raise ConfigError(f"register.channel {reg!r} is not one of channels "
                           f"{config['channels']}. Fix: choose one of them, or null")
+    if (config.get("model") or {}).get("path") is not None:
+        check_simulate_params(_simulate_params(config) or {})
+        return  # applying a trained model: its own architecture and grid are used
     scale = int(config["tiles"]["em_scale"])
     depth = int(config["model"]["depth"])
     if 2**depth < scale:

@@ -10,9 +10,20 @@ wavelength, never by stream name, which users edit freely.
 
 Output:
 - ``{section}.json``: metadata as stored in the export (SI units, stage frame,
-  Odemis conventions), the variant, dialect, files and warnings;
+  Odemis conventions), the variant, dialect, files and warnings; ``"fm": null``
+  for an EM-only section;
 - ``{section}.npz``: ``em`` (Y, X) and ``fm`` (C, Y, X) pixel arrays, the FM
-  channels in configured order.
+  channels in configured order (no ``fm`` for an EM-only section).
+
+A ``predict`` section (role from the section sheet, or a folder without FM) is
+EM only: its FM, if any, is never used (a file holding FM only is not decoded;
+a GUI acquisition file is decoded whole, its FM ignored).
+
+Implausible input stops with an error naming the file: an FM pixel not larger
+than the SEM pixel (the network predicts coarse FM from fine EM), a configured
+FM channel that is constant (all zero: not acquired), non-square SEM pixels
+(the EM grids are isotropic). Non-square FM pixels are resampled and reported
+as a warning.
 """
 
 from __future__ import annotations
@@ -54,9 +65,11 @@ class IngestedSection:
     files: list[str]
     warnings: list[str]
     em: OdemisImage
-    fm: OdemisImage  # channels in configured order, data (C, Y, X)
+    fm: OdemisImage | None  # channels in configured order, data (C, Y, X); None: EM only
     fm_sources: list[str]  # stream name of each FM channel in the export
     montage: dict | None = None  # stitching of EM-grid tiles (em2fm.montage), if any
+    name: str | None = None  # the section folder's name (display), when it differs
+    role: str | None = None  # train, val, test or predict
 
     def metadata(self) -> dict:
         """The ``{section}.json`` content."""
@@ -65,8 +78,10 @@ class IngestedSection:
             "variant": self.variant,
             "dialect": self.dialect,
             "files": self.files,
+            "name": self.name or self.section,
+            "role": self.role,
             "warnings": self.warnings,
-            "fm": {
+            "fm": None if self.fm is None else {
                 **_image_metadata(self.fm),
                 "channels": [
                     {"name": c.name, "excitation_nm": c.excitation_nm,
@@ -157,7 +172,9 @@ def _match_channel(
             f"no FM channel matches {dye.name!r} (excitation {dye.excitation_nm:g} nm "
             f"± {tolerance_nm:g} nm); channels found: {_describe_channels(fm_images)}",
             f"set dyes.{dye.name}.excitation_nm to the wavelength used, or choose other "
-            "channels, e.g. --config 'channels=[Hoechst]'",
+            "channels, e.g. --config 'channels=[Hoechst]' (with model=PATH the channels are "
+            "the model's), or give the section the role predict (EM only) in the section "
+            "sheet",
         )
     if len(hits) > 1:
         # the same stream exported twice (e.g. GUI file + per-stream file) is fine if identical
@@ -245,6 +262,7 @@ def ingest_section(
     dyes: list[DyeSpec],
     wavelength_tolerance_nm: float = 20.0,
     em_stream: str | None = None,
+    read_fm: bool = True,
 ) -> IngestedSection:
     """Read and validate all exports of one section.
 
@@ -254,6 +272,7 @@ def ingest_section(
         dyes: the FM channels to extract, in output order.
         wavelength_tolerance_nm: allowed |Δλ| in nm when matching wavelengths.
         em_stream: name of the SEM stream to use when there are several.
+        read_fm: False for a ``predict`` section: only the EM is read (``fm`` None).
 
     Raises:
         ExportError: one message naming the file, the problem and the fix.
@@ -264,7 +283,12 @@ def ingest_section(
         raise ExportError(folder, "no OME-TIFF export (*.ome.tiff) in the section folder",
                           "export the section's acquisitions from Odemis as OME-TIFF into "
                           "this folder")
-    files = [read_file(p) for p in paths]
+    if read_fm:
+        files = [read_file(p) for p in paths]
+    else:  # a file holding FM only is not even decoded
+        headers = [read_file(p, load_pixels=False) for p in paths]
+        files = [read_file(p) if any(not i.is_fluorescence for i in f.images) else f
+                 for p, f in zip(paths, headers, strict=True)]
     warnings = [f"{Path(f.path).name}: {w}" for f in files for w in f.warnings]
     dialects = sorted({f.dialect for f in files})
     images = [img for f in files for img in f.images]
@@ -283,11 +307,21 @@ def ingest_section(
         em = _select_em([i for i in em_images if not montage.is_grid_tile(i)] or em_images,
                         em_stream, folder, warnings)
     _check_placement(em, "SEM")
+    _check_square(em, "SEM", warnings)
+    common = {"section": section, "variant": _variant(files),
+              "dialect": dialects[0] if len(dialects) == 1 else "+".join(dialects),
+              "files": [str(p) for p in paths], "warnings": warnings, "em": em,
+              "montage": stitched}
+    if not read_fm:
+        if fm_images:
+            warnings.append("role predict: the FM in the exports is not read")
+        return IngestedSection(**common, fm=None, fm_sources=[])
     if not fm_images:
         raise ExportError(
             folder, "no fluorescence image (no channel with Excitation/EmissionWavelength) in "
-            "the section's exports",
-            "add the FM acquisition of this section to its folder",
+            "the section's exports, but the section is used for training or evaluation",
+            "add the FM acquisition of this section to its folder, or give the section the "
+            "role predict in the section sheet (EM only)",
         )
     selected = [_match_channel(d, fm_images, wavelength_tolerance_nm, folder) for d in dyes]
     for img, _ in selected:
@@ -310,18 +344,62 @@ def ingest_section(
     ]
     fm = OdemisImage(**{**ref.__dict__, "data": data, "channels": channels,
                         "shape_cyx": data.shape, "name": "+".join(d.name for d in dyes)})
+    _check_square(fm, "FM", warnings)
+    _check_scales(fm, em)
+    for (img, ci), d in zip(selected, dyes, strict=True):
+        _check_signal(img, ci, d.name)
     _check_overlap(fm, em)
-    return IngestedSection(
-        section=section,
-        variant=_variant(files),
-        dialect=dialects[0] if len(dialects) == 1 else "+".join(dialects),
-        files=[str(p) for p in paths],
-        warnings=warnings,
-        em=em,
-        fm=fm,
-        fm_sources=[img.channels[ci].name for img, ci in selected],
-        montage=stitched,
-    )
+    return IngestedSection(**common, fm=fm,
+                           fm_sources=[img.channels[ci].name for img, ci in selected])
+
+
+SQUARE_RTOL = 0.01  # pixels whose x and y sizes differ by more are not square
+
+
+def _check_square(img: OdemisImage, what: str, warnings: list[str]) -> None:
+    """SEM pixels must be square (isotropic EM grids); non-square FM pixels are a warning."""
+    assert img.pixel_size_m is not None
+    px, py = img.pixel_size_m
+    if math.isclose(px, py, rel_tol=SQUARE_RTOL):
+        return
+    text = (f"the {what} image {img.name!r} has non-square pixels "
+            f"({px * 1e9:.3g} × {py * 1e9:.3g} nm)")
+    if what == "SEM":
+        raise ExportError(img.source, f"{text}; the EM input grid must be isotropic",
+                          "re-export with the calibrated (square) pixel size, or resample "
+                          "the SEM image to square pixels")
+    warnings.append(f"{text}: resampled onto square target pixels of "
+                    f"{px * 1e9:.3g} nm (x)")
+
+
+def _check_scales(fm: OdemisImage, em: OdemisImage) -> None:
+    """The FM pixel must be larger than the SEM pixel (coarse FM predicted from fine EM)."""
+    assert fm.pixel_size_m is not None and em.pixel_size_m is not None
+    if fm.pixel_size_m[0] <= em.pixel_size_m[0]:
+        raise ExportError(
+            fm.source,
+            f"the FM pixel ({fm.pixel_size_m[0] * 1e9:.4g} nm) is not larger than the SEM "
+            f"pixel ({em.pixel_size_m[0] * 1e9:.4g} nm of {Path(em.source).name}); the "
+            "network predicts coarse FM from finer EM",
+            "check the pixel sizes (Pixels@PhysicalSizeX) of both exports: a swapped or "
+            "uncalibrated pixel size, or the wrong SEM stream (ingest.em_stream)",
+        )
+
+
+def _check_signal(img: OdemisImage, ci: int, name: str) -> None:
+    """A configured FM channel must not be constant (all zero: not acquired or exported)."""
+    assert img.data is not None
+    plane = img.data[ci]
+    lo, hi = float(plane.min()), float(plane.max())
+    if lo == hi:
+        raise ExportError(
+            img.source,
+            f"FM channel {name!r} (stream {img.channels[ci].name!r}) is constant "
+            f"({'all zero' if hi == 0 else f'every pixel {hi:g}'}): it was not acquired or "
+            "not exported",
+            f"re-export the channel, leave it out (channels without {name!r}), or give this "
+            "section the role predict (EM only) in the section sheet",
+        )
 
 
 def _check_overlap(fm: OdemisImage, em: OdemisImage) -> None:
@@ -342,21 +420,31 @@ def _check_overlap(fm: OdemisImage, em: OdemisImage) -> None:
 
 
 def write_outputs(result: IngestedSection, json_path: str | Path, npz_path: str | Path) -> None:
-    """Write ``{section}.npz`` (em, fm pixels) and ``{section}.json`` (metadata)."""
-    assert result.em.data is not None and result.fm.data is not None
-    io.save_npz(npz_path, em=result.em.data[0], fm=result.fm.data)
+    """Write ``{section}.npz`` (em, fm pixels; em only without FM) and ``{section}.json``."""
+    assert result.em.data is not None
+    arrays = {"em": result.em.data[0]}
+    if result.fm is not None:
+        assert result.fm.data is not None
+        arrays["fm"] = result.fm.data
+    io.save_npz(npz_path, **arrays)
     io.write_json(json_path, result.metadata())
 
 
 def run(folder: str | Path, section: str, channels: list[str], dyes: dict[str, dict],
         wavelength_tolerance_nm: float, em_stream: str | None,
-        json_path: str | Path, npz_path: str | Path) -> IngestedSection:
-    """Ingest one section and write its outputs (the rule's entry point)."""
+        json_path: str | Path, npz_path: str | Path, role: str | None = None,
+        name: str | None = None) -> IngestedSection:
+    """Ingest one section and write its outputs (the rule's entry point).
+
+    ``role`` predict reads the EM only; ``name`` is the section folder's name (display).
+    """
     result = ingest_section(folder, section, dyes_from_config(channels, dyes),
-                            wavelength_tolerance_nm, em_stream)
+                            wavelength_tolerance_nm, em_stream, read_fm=role != "predict")
+    result.name, result.role = name, role
     for w in result.warnings:
         log.warning("%s: %s", section, w)
     write_outputs(result, json_path, npz_path)
-    log.info("%s: %s export (%s), FM %s, EM %s", section, result.variant, result.dialect,
-             result.fm.shape_cyx, result.em.shape_cyx)
+    log.info("%s (%s): %s export (%s), FM %s, EM %s", section, role, result.variant,
+             result.dialect, None if result.fm is None else result.fm.shape_cyx,
+             result.em.shape_cyx)
     return result

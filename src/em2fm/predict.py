@@ -34,7 +34,7 @@ from .inference import (
 from .lazy import PreparedEM, open_array
 from .odemis import Channel, OdemisImage
 from .pyramid import PlaneSink, write_pyramid
-from .tiles import TargetGrid, make_grid, target_pixel_m
+from .tiles import TargetGrid, make_grid
 from .unet import AsymmetricUNet, UNetConfig, build
 
 log = logging.getLogger(__name__)
@@ -86,14 +86,38 @@ def denormalise(pred: np.ndarray, ckpt: dict) -> np.ndarray:
     return pred * std + mean
 
 
-def section_grid(ingest_meta: dict, ckpt: dict, pixel_size_nm: float | None) -> TargetGrid:
-    """Target grid of a section for this model (pixel size: config, FM, or the model's)."""
+#: EM pixels up to this factor coarser than the network's input pixel are accepted.
+EM_COARSER_TOLERANCE = 1.5
+
+
+def section_grid(ingest_meta: dict, ckpt: dict, pixel_size_nm: float | None = None
+                 ) -> TargetGrid:
+    """Target grid of a section for this model: always the model's own pixel size.
+
+    The network saw EM at ``target_pixel_size_m / em_scale`` per input pixel in training;
+    the EM of every section is resampled to exactly that, whatever the section's FM pixel
+    size (another objective or binning) or ``pixel_size_nm`` (tiles.pixel_size_nm, which
+    made the model's grid when it was trained here; a different value is logged).
+
+    Raises:
+        ValueError: the SEM pixel is more than ``EM_COARSER_TOLERANCE`` times coarser than
+            the network's input pixel (the EM lacks the detail the model was trained on).
+    """
     em_geom = geometry_from_meta(ingest_meta["em"])
-    if pixel_size_nm is None and "fm" not in ingest_meta:
-        px = float(ckpt["target_pixel_size_m"])
-    else:
-        px = target_pixel_m(ingest_meta, pixel_size_nm)
-    return make_grid(em_geom, px, int(ckpt["model"]["em_scale"]))
+    px = float(ckpt["target_pixel_size_m"])
+    em_scale = int(ckpt["model"]["em_scale"])
+    if pixel_size_nm is not None and abs(float(pixel_size_nm) * 1e-9 - px) > 1e-3 * px:
+        log.warning("tiles.pixel_size_nm %.4g nm differs from the model's %.4g nm: the "
+                    "model's is used", float(pixel_size_nm), px * 1e9)
+    em_px = float(em_geom.pixel_size_m[0])
+    if em_px > EM_COARSER_TOLERANCE * px / em_scale:
+        raise ValueError(
+            f"{ingest_meta['section']}: the SEM pixel ({em_px * 1e9:.4g} nm) is coarser than "
+            f"the model's EM input pixel ({px / em_scale * 1e9:.4g} nm = "
+            f"{px * 1e9:.4g} nm / em_scale {em_scale}) by more than {EM_COARSER_TOLERANCE}×: "
+            "the EM lacks the detail the model was trained on. Fix: acquire the SEM at "
+            "the model's pixel size or finer, or train a model on such data")
+    return make_grid(em_geom, px, em_scale)
 
 
 def placed_image(shape_cyx: tuple[int, int, int], grid: TargetGrid, channels: list[Channel],
@@ -146,8 +170,14 @@ def predict_to_files(model: AsymmetricUNet, source: EMSource, grid: TargetGrid, 
 
 def run(ingest_json: str | Path, ingest_npz: str | Path, model_path: str | Path,
         pixel_size_nm: float | None, settings: dict, device: str, threads: int,
-        prediction_path: str | Path, uncertainty_path: str | Path) -> None:
-    """Predict one section from its EM and write both OME-TIFFs (the rule's entry point)."""
+        prediction_path: str | Path, uncertainty_path: str | Path,
+        model_card: dict | None = None) -> None:
+    """Predict one section from its EM and write both OME-TIFFs (the rule's entry point).
+
+    The grid is the model's own (:func:`section_grid`); ``model_card``
+    (:func:`em2fm.pretrained.model_card`, for a given model) adds its checksum to the
+    metadata.
+    """
     tta = bool(settings["test_time_augmentation"])
     n = set_threads(threads)
     dev = choose_device(device)
@@ -159,7 +189,9 @@ def run(ingest_json: str | Path, ingest_npz: str | Path, model_path: str | Path,
                         normalisation=ckpt.get("em_normalisation", "zscore"))
     channels = [Channel(c["name"], c.get("excitation_nm"), c.get("emission_nm"))
                 for c in ckpt["channels"]]
-    extra = {"em2fm": {"model": str(model_path), "section": meta["section"],
+    extra = {"em2fm": {"model": str(model_path),
+                       **({"model_sha256": model_card["sha256"]} if model_card else {}),
+                       "section": meta["section"],
                        "em_source": meta["em"].get("source"), "test_time_augmentation": tta,
                        "units": "FM camera counts (ADU) of the training data"}}
     inference = InferenceSettings(window=int(settings["window"]),

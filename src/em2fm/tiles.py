@@ -212,13 +212,20 @@ def fm_image(ingest_meta: dict, fm: np.ndarray, mask: np.ndarray, meta: dict) ->
 
 def run(ingest_json: str | Path, ingest_npz: str | Path, registration_json: str | Path,
         settings: dict, split: str, npz_path: str | Path, json_path: str | Path,
-        fm_path: str | Path | None = None) -> dict:
+        fm_path: str | Path | None = None, reference_json: str | Path | None = None) -> dict:
     """Tile one section and write its arrays and metadata (the rule's entry point).
 
     With ``fm_path``, also the registered FM on the target grid as a tiled pyramidal
-    OME-TIFF (:func:`fm_image`), to view beside the prediction.
+    OME-TIFF (:func:`fm_image`), to view beside the prediction. Without a configured
+    ``pixel_size_nm``, the FM pixel size of ``reference_json`` (the ingest JSON of the
+    first training section) is the target pixel of every section, so all sections of a
+    run share the model's grid; without a reference, the section's own.
     """
     params = TileParams(**settings)
+    if params.pixel_size_nm is None and reference_json:
+        ref = io.read_json(reference_json)
+        params = TileParams(**{**settings,
+                               "pixel_size_nm": target_pixel_m(ref, None) * 1e9})
     ingest_meta = io.read_json(ingest_json)
     arrays, meta = make_tiles(ingest_meta, io.load_npz(ingest_npz),
                               io.read_json(registration_json), params)

@@ -44,27 +44,54 @@ def load_view(section: str, tiles_npz: str | Path, prediction: str | Path,
                        float(meta["target_pixel_size_m"]) * 1e9, list(meta["channels"]))
 
 
-def run(metrics_tsv: str, training_tsv: str, model_path: str, tiles_npz: list[str],
-        predictions: list[str], uncertainties: list[str], ingest_json: list[str],
-        registration_json: list[str], overlays: list[str], rounds_tsv: str,
-        sections: list[str], config: dict, simulated: bool, zoom_size_um: float,
-        html_path: str, local_pcc_um: float = 3.0, max_section_figures: int = 4,
-        benchmarks: list[str] = (), benchmark_root: str = "results/benchmarks") -> None:
-    """Build the report from the rule's inputs and write it."""
+def run(metrics_tsv: str | None, training_tsv: str | None, model_path: str,
+        tiles_npz: list[str], predictions: list[str], uncertainties: list[str],
+        ingest_json: list[str], registration_json: list[str], overlays: list[str],
+        rounds_tsv: str | None, sections: list[str], config: dict, simulated: bool,
+        zoom_size_um: float, html_path: str, local_pcc_um: float = 3.0,
+        max_section_figures: int = 4, benchmarks: list[str] = (),
+        benchmark_root: str = "results/benchmarks", fm_sections: list[str] | None = None,
+        em_only: list[str] | None = None, em_only_npz: list[str] | None = None,
+        model_card: dict | None = None) -> None:
+    """Build the report from the rule's inputs and write it.
+
+    ``sections`` are all sections (``predictions``, ``uncertainties`` and ``ingest_json``
+    follow them); ``fm_sections`` those with FM (``tiles_npz``, ``registration_json``,
+    ``overlays``), ``em_only`` the predict sections (``em_only_npz``: their ingest npz).
+    Without ``metrics_tsv`` (no section with FM) or ``training_tsv`` (a given model) those
+    parts are left out; ``model_card`` (:func:`em2fm.pretrained.model_card`) describes a
+    given model.
+    """
     import torch
 
+    from .em_only import em_only_sections_html, ingest_warnings_html, model_provenance_html
+
+    fm_sections = list(sections if fm_sections is None else fm_sections)
+    em_only = list(em_only or [])
     ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
     model = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    views = [load_view(s, t, p, u) for s, t, p, u in
-             zip(sections, tiles_npz, predictions, uncertainties, strict=True)]
+    pred_of = dict(zip(sections, predictions, strict=True))
+    unc_of = dict(zip(sections, uncertainties, strict=True))
+    ingest_of = dict(zip(sections, ingest_json, strict=True))
+    views = [load_view(s, t, pred_of[s], unc_of[s])
+             for s, t in zip(fm_sections, tiles_npz, strict=True)]
+    ingests = [io.read_json(p) for p in ingest_json]
     text = build_html(
-        metrics=read_tsv(metrics_tsv), training_tsv=training_tsv, views=views,
-        registrations=[io.read_json(p) for p in registration_json],
-        overlays=dict(zip(sections, overlays, strict=True)),
-        rounds=[{**r, "round": int(r["round"])} for r in read_tsv(rounds_tsv)],
-        ingests=[io.read_json(p) for p in ingest_json], config=config, simulated=simulated,
+        metrics=read_tsv(metrics_tsv) if metrics_tsv else [], training_tsv=training_tsv,
+        views=views, registrations=[io.read_json(p) for p in registration_json],
+        overlays=dict(zip(fm_sections, overlays, strict=True)),
+        rounds=([{**r, "round": int(r["round"])} for r in read_tsv(rounds_tsv)]
+                if rounds_tsv else []),
+        ingests=ingests, config=config, simulated=simulated,
         zoom_um=zoom_size_um, model=model, local_pcc_um=local_pcc_um,
         max_section_figures=max_section_figures, benchmarks=list(benchmarks),
-        benchmark_root=benchmark_root)
+        benchmark_root=benchmark_root, em_only=em_only,
+        em_only_html=em_only_sections_html(
+            [(s, ingest_of[s], n, pred_of[s])
+             for s, n in zip(em_only, em_only_npz or [], strict=True)]),
+        warnings_html=ingest_warnings_html(ingests),
+        model_html=model_provenance_html(model_path, model, model_card),
+        model_given=model_card is not None)
     io.write_text(html_path, text)
-    log.info("report: %d sections, %.2f MB", len(views), len(text.encode()) / 1e6)
+    log.info("report: %d sections (%d EM only), %.2f MB", len(views) + len(em_only),
+             len(em_only), len(text.encode()) / 1e6)

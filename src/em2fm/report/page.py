@@ -84,10 +84,12 @@ def full_figure_views(views: list[figures.SectionView], metrics: list[dict],
 
 
 def _what_was_done(config: dict, views: list[figures.SectionView], simulated: bool,
-                   model: dict) -> str:
+                   model: dict, em_only: list[str] = (), model_given: bool = False) -> str:
     by_split: dict[str, list[str]] = {}
     for v in views:
         by_split.setdefault(v.split, []).append(v.name)
+    if em_only:
+        by_split["predict (EM only)"] = list(em_only)
     splits = "; ".join(f"{esc(k)}: {esc(', '.join(n))}" for k, n in by_split.items())
     channels = ", ".join(esc(c) for c in (views[0].channels if views else []))
     data = ("simulated serial sections with known ground truth (the embedded default "
@@ -100,9 +102,12 @@ def _what_was_done(config: dict, views: list[figures.SectionView], simulated: bo
         f"sections, acquired together in an integrated CLEM microscope. Data: {data}. "
         f"Channels predicted: {channels}. Each section's FM was first aligned to its EM "
         "(stage metadata, then a multimodal search, then rounds that align the FM to a "
-        "preliminary prediction); the network was trained on the training sections "
-        f"(best checkpoint chosen on the validation sections: step {esc(model.get('step'))}),"
-        " then predicted every section from its EM alone"
+        "preliminary prediction); "
+        + ("a network trained in another run (see <a href='#model'>Model</a>) "
+           if model_given else
+           "the network was trained on the training sections (best checkpoint chosen on "
+           f"the validation sections: step {esc(model.get('step'))}), then ")
+        + "predicted every section from its EM alone"
         + (", averaging 8 flips/rotations whose spread is shown as the confidence map" if tta
            else "")
         + f". Sections by role — {splits}. The test sections were never seen in training "
@@ -134,14 +139,22 @@ def _verdict(summary: list[dict]) -> str:
             + "".join(items) + "</ul>")
 
 
-def build_html(*, metrics: list[dict], training_tsv: str | Path,
+def build_html(*, metrics: list[dict], training_tsv: str | Path | None,
                views: list[figures.SectionView], registrations: list[dict],
                overlays: dict[str, str | Path], rounds: list[dict], ingests: list[dict],
                config: dict, simulated: bool, zoom_um: float, model: dict,
                local_pcc_um: float = 3.0, max_section_figures: int = 4,
                benchmarks: list[str | Path] = (), benchmark_root: str | Path =
-               "results/benchmarks", repo: str | Path | None = None) -> str:
-    """The whole report as one HTML string."""
+               "results/benchmarks", repo: str | Path | None = None,
+               em_only: list[str] = (), em_only_html: str = "", warnings_html: str = "",
+               model_html: str = "", model_given: bool = False) -> str:
+    """The whole report as one HTML string.
+
+    ``em_only`` names the predict sections (EM only), drawn by ``em_only_html``;
+    ``warnings_html`` and ``model_html`` (where the model came from) are inserted as
+    given. Without ``training_tsv`` (``model_given``: a model of another run) the training
+    curve is left out.
+    """
     from ..evaluate import COLUMNS
 
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -156,7 +169,7 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
         "<h1>em2fm: fluorescence predicted from electron microscopy</h1>",
         f"<p class='muted'>Generated {now} by em2fm {esc(__version__)}.</p>",
         "<nav>" + "".join(f"<a href='#{k}'>{esc(t)}</a>" for k, t in WHERE) + "</nav>",
-        _what_was_done(config, views, simulated, model),
+        _what_was_done(config, views, simulated, model, list(em_only), model_given),
         "<h2 id='summary'>How good is it</h2>", _verdict(summary),
         "<p>Per split and channel, the mean over sections. <em>pcc</em>: Pearson correlation "
         "of prediction and measured, registered FM inside the area both modalities cover "
@@ -229,6 +242,8 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
         p.append(tables.metrics_table(zoom_rows, ["section", "tag", "channel", "region", "pcc"],
                                       "Zoom regions, chosen automatically"))
     # all sections
+    p.append(em_only_html)
+    p.append(warnings_html)
     p.append("<h2 id='all'>All sections</h2>")
     if views:
         p.append(f"<figure>{img(figures.thumbnails_figure(views, scores), 'thumbnails')}"
@@ -245,12 +260,17 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
         f"{esc(', '.join(model.get('val_sections', [])))}.</p>")
     for warning in model.get("warnings", []):
         p.append(f"<p><strong>Warning:</strong> {esc(warning)}</p>")
-    p.append(f"<figure>{img(figures.training_figure(training_tsv), 'training curve')}"
-             "<figcaption>Training loss per step (grey; black: running mean) and, at each "
-             "validation step, the loss and PCC on the validation sections. The loss is the "
-             "mean squared error of FM normalised with the training statistics, so it also "
-             "counts section-to-section brightness differences (staining, lamp) that no "
-             "EM-based prediction can know; the PCC ignores them.</figcaption></figure>")
+    if training_tsv is not None:
+        p.append(f"<figure>{img(figures.training_figure(training_tsv), 'training curve')}"
+                 "<figcaption>Training loss per step (grey; black: running mean) and, at "
+                 "each validation step, the loss and PCC on the validation sections. The loss "
+                 "is the mean squared error of FM normalised with the training statistics, so "
+                 "it also counts section-to-section brightness differences (staining, lamp) "
+                 "that no EM-based prediction can know; the PCC ignores them.</figcaption>"
+                 "</figure>")
+    else:
+        p.append("<p>The model was trained in another run: no training curve here.</p>")
+    p.append(model_html)
     # registration
     p.append(
         "<h2 id='registration'>Registration</h2><p>Correction on top of the stage metadata "
@@ -295,7 +315,7 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path,
                                   "built this report"))
     if benchmarks:
         bench = provenance.benchmark_rows(list(benchmarks), benchmark_root,
-                                             [v.name for v in views])
+                                             [v.name for v in views] + list(em_only))
         total = {"step": "all steps", "jobs": sum(b["jobs"] for b in bench),
                  "wall time, sum (s)": sum(b["wall time, sum (s)"] for b in bench),
                  "wall time, longest job (s)": max(b["wall time, longest job (s)"]
