@@ -186,10 +186,16 @@ def upstream_benchmarks(wildcards):
     per_fm = ["register/round0", "register/final", "tiles"]
     per_fm += [f"register/round{r + 1}" for r in rounds]
     per_section = ["ingest", "predict"] + (["simulate"] if PLAN.simulated else [])
-    files = [f"results/benchmarks/{step}/{s}.tsv" for step in per_section for s in SECTIONS]
-    files += [f"results/benchmarks/{step}/{s}.tsv" for step in per_fm for s in FM_SECTIONS]
+    files = [
+        f"results/benchmarks/{step}/{s}.tsv" for step in per_section for s in SECTIONS
+    ]
+    files += [
+        f"results/benchmarks/{step}/{s}.tsv" for step in per_fm for s in FM_SECTIONS
+    ]
     if trained_here:
-        files += [f"results/benchmarks/tiles/round{r}/{s}.tsv" for r in rounds for s in fit]
+        files += [
+            f"results/benchmarks/tiles/round{r}/{s}.tsv" for r in rounds for s in fit
+        ]
         files += [f"results/benchmarks/train/round{r}.tsv" for r in rounds]
         files.append("results/benchmarks/train.tsv")
     if FM_SECTIONS:
