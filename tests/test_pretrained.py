@@ -24,8 +24,13 @@ def test_apply_settings_use_the_models_channels_and_grid(mini_run):
     out = apply_settings(cfg, card)
     assert out["channels"] == ["Hoechst"]
     assert out["dyes"]["Hoechst"]["excitation_nm"] == 405 and "Insulin" in out["dyes"]
+    from em2fm.receptive import context_margin
+
+    need = context_margin(card["architecture"]["depth"], 4)  # the model's receptive field
     assert out["tiles"] == {"pixel_size_nm": pytest.approx(100.0), "em_scale": 4,
-                            "tile_size": 16, "margin": 4}
+                            "tile_size": 16, "margin": max(card["margin"], need)}
+    old = apply_settings(cfg, {**card, "margin": 2})  # a model trained with less context
+    assert old["tiles"]["margin"] == need
     with pytest.raises(ConfigError, match=r"register.channel 'Insulin' is not a channel"):
         apply_settings({**cfg, "register": {"channel": "Insulin"}}, card)
 

@@ -56,7 +56,9 @@ def test_report_is_self_contained_and_complete(mini_run, tmp_path):
     imgs = re.findall(r'<img alt="([^"]*)" src="data:image/(?:png|jpeg);base64,', html)
     assert len(imgs) == html.count("<img ")
     assert {"S3 overview", "S3 zooms", "histograms", "thumbnails", "training curve"} <= set(imgs)
-    assert sum(a.startswith("registration") for a in imgs) == 3
+    # S3 (test) in full; S1 and S2 (ok, not test) together on one QC sheet
+    assert {a for a in imgs if a.startswith("registration")} == {"registration S3",
+                                                                  "registration QC sheet"}
     assert "S1 overview" not in imgs  # only test sections in full; the rest as thumbnails
     for text in ("What was done", "How good is it", "Where it fails", "noise_ceiling_pcc",
                  "pcc_baseline_em", "nrmse_baseline_mean", "pcc 95% CI", "ssim",
@@ -209,6 +211,10 @@ def test_report_grows_sub_linearly(mini_run):
     one, two, eight = size(1), size(2), size(8)
     full = two - one  # one more full figure
     assert eight - two < 0.5 * 6 * full, (one, two, eight)  # 6 more sections: thumbnails
+    # past 36 thumbnails the sheet stops growing (smaller thumbnails): a section then adds
+    # table rows only
+    forty, hundred = size(40), size(100)
+    assert (hundred - forty) / 60 < 0.5 * (eight - two) / 6, (two, eight, forty, hundred)
 
 
 def test_report_in_headless_chromium(mini_run, tmp_path):

@@ -12,6 +12,7 @@ import base64
 import io as _io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -283,10 +284,13 @@ def thumbnails_figure(views: list[SectionView], scores: dict[tuple[str, str], fl
     """Every section and channel as a small overlay (measured red / predicted green on EM)."""
     plt = _plt()
     nc = max(len(v.channels) for v in views)
-    cols = min(len(views), 6)
+    # at most 6 columns of 1.9 in until the sheet is square; then more, smaller thumbnails,
+    # so that the sheet's area (and its bytes) stops growing with the number of sections
+    cols = min(len(views), max(6, math.ceil(math.sqrt(len(views) * nc))))
     rows = math.ceil(len(views) / cols) * nc
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.05 * rows), squeeze=False,
-                             constrained_layout=True)
+    size = min(1.9, 11.4 / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, 1.08 * size * rows),
+                             squeeze=False, constrained_layout=True)
     for ax in axes.ravel():
         ax.set_axis_off()
     for i, v in enumerate(views):
@@ -298,7 +302,7 @@ def thumbnails_figure(views: list[SectionView], scores: dict[tuple[str, str], fl
             score = scores.get((v.name, ch), float("nan"))
             sc = f"PCC {score:.2f}" if np.isfinite(score) else "no PCC"
             _image(ax, rgb, f"{v.name} ({v.split})\n{ch}: {sc}", v.pixel_nm / v.em_scale)
-            ax.title.set_fontsize(7)
+            ax.title.set_fontsize(7 if cols <= 6 else max(3, 7 * 6 / cols))
     return data_uri(fig, "jpeg", dpi=60, quality=78)
 
 
@@ -355,4 +359,33 @@ def downsampled(png_path, max_width_px: int = 700) -> str:
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
     ax.set_axis_off()
+    return data_uri(fig, "jpeg", dpi=100)
+
+
+def contact_sheet(pngs: dict[str, str | Path], width_px: int = 1100) -> str:
+    """Existing PNGs (registration QC) side by side in one JPEG ``width_px`` wide.
+
+    The sheet is about as tall as wide whatever the number of images (each one smaller as
+    there are more), so its size does not grow with the number of sections.
+    """
+    import matplotlib.image as mpimg
+
+    plt = _plt()
+    names = list(pngs)
+    first = mpimg.imread(str(pngs[names[0]]))
+    aspect = first.shape[1] / first.shape[0]  # width / height of one QC figure
+    cols = max(1, min(len(names), math.ceil(math.sqrt(len(names) * aspect))))
+    rows = math.ceil(len(names) / cols)
+    w = width_px / 100 / cols
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, (w / aspect + 0.18) * rows),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i, name in enumerate(names):
+        img = mpimg.imread(str(pngs[name]))
+        k = max(1, img.shape[1] // max(1, int(w * 100)))
+        ax = axes[i // cols][i % cols]
+        ax.imshow(img[::k, ::k], interpolation="antialiased")
+        ax.set_title(text(name), fontsize=max(4, min(8, 60 / cols)))
+    fig.subplots_adjust(0, 0, 1, 1, 0.02, 0.25)
     return data_uri(fig, "jpeg", dpi=100)

@@ -291,13 +291,21 @@ def build_html(*, metrics: list[dict], training_tsv: str | Path | None,
     big = {v.name for v in shown} | {f["section"] for f in flagged}
     if overlays:
         p.append("<p class='muted'>QC figures of the test sections drawn in full and of the "
-                 "flagged sections at a readable size, the others small.</p>")
+                 "flagged sections at a readable size, the others together on one sheet "
+                 "(each in full in <code>results/registration/{section}.png</code>).</p>")
     for name, png in overlays.items():
-        width = 700 if name in big else 300
-        p.append(f"<figure>{img(figures.downsampled(png, width), f'registration {name}')}"
+        if name not in big:
+            continue
+        p.append(f"<figure>{img(figures.downsampled(png, 700), f'registration {name}')}"
                  f"<figcaption>{esc(name)} (downsampled): EM (magenta) and FM (green), placed "
                  "by stage metadata, by the multimodal search and after the last round."
                  "</figcaption></figure>")
+    rest = {n: png for n, png in overlays.items() if n not in big}
+    if rest:
+        p.append(f"<figure>{img(figures.contact_sheet(rest), 'registration QC sheet')}"
+                 f"<figcaption>The other {len(rest)} sections' registration QC, small: EM "
+                 "(magenta) and FM (green) by stage metadata, multimodal search and last "
+                 "round.</figcaption></figure>")
     seams = tables.seam_rows(ingests)
     if seams:  # SEM montages stitched by ingest (em2fm.montage)
         p.append("<h3>SEM montages</h3><p>Every tile overlap: the correction of the stage "
