@@ -74,8 +74,8 @@ def em_only_sections_html(items: list[tuple[str, str | Path, str | Path, str | P
         uri = em_only_figure(name, em, float(meta["em"]["pixel_size_m"][0]) * 1e9, pred.data,
                              pred_nm, [c.name for c in pred.channels])
         parts.append(f"<figure>{img(uri, f'{name} EM-only prediction')}<figcaption>"
-                     f"{esc(name)} (EM only): the EM, the prediction "
-                     f"({pred_nm:.1f} nm px) and the prediction (green) over the EM."
+                     f"{esc(name)} (EM only): the EM and the prediction (downsampled; "
+                     f"{pred_nm:.1f} nm per prediction px) and the prediction (green) over the EM."
                      "</figcaption></figure>")
     return "\n".join(parts)
 
