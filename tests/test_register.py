@@ -325,3 +325,17 @@ def test_channel_weights_favour_informative_channels():
     assert w.sum() == pytest.approx(1.0)
     assert w[0] > 0.98 and w[2] == 0.0
     np.testing.assert_allclose(channel_weights(np.array([0.0, -0.1])), [0.5, 0.5])
+
+
+def test_a_predict_section_is_not_registered_and_says_why(mini_run, tmp_path):
+    """An EM-only section (``"fm": null``) asked for registration: one clear error."""
+    from em2fm import io
+    from em2fm.register.steps import run_multimodal
+
+    root = mini_run["root"]
+    meta = io.read_json(root / "ingest" / "S3.json")
+    io.write_json(tmp_path / "S3.json", {**meta, "fm": None, "role": "predict"})
+    with pytest.raises(ValueError, match=r"S3\.json: section 'S3' has the role predict.*Fix:"):
+        run_multimodal(tmp_path / "S3.json", root / "ingest" / "S3.npz", None, {}, 0,
+                       tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()

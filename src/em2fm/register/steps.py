@@ -91,6 +91,12 @@ def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str
     params = params_from_config(settings, seed)
     checks = status_params(settings)
     meta = io.read_json(ingest_json)
+    if meta.get("fm") is None:
+        raise ValueError(
+            f"{ingest_json}: section {meta['section']!r} has the role predict (EM only), so "
+            "there is no FM to register. Fix: ask for its prediction "
+            f"(results/predictions/{meta['section']}.ome.tif), or give it the role train, "
+            "val or test in the section sheet (its folder must hold its FM exports)")
     arrays = io.load_npz(ingest_npz)
     ci = _channel(meta, channel)
     em_geom = geometry_from_meta(meta["em"])
