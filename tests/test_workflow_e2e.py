@@ -5,29 +5,15 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from snakemake_cli import TINY, snakemake
 
 from em2fm.evaluate import read_tsv
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny.yaml"
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(ROOT / "config.yaml"), str(TINY)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if check and r.returncode:
-        raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
-                             f"{r.stderr[-6000:]}")
-    return r
 
 
 @pytest.fixture(scope="module")

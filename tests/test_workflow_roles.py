@@ -5,31 +5,17 @@ unsafe section names."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import make_section
+from snakemake_cli import snakemake
 
 from em2fm import io
 from em2fm.evaluate import read_tsv
 from em2fm.odemis import read_file
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny.yaml"
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(ROOT / "config.yaml"), str(TINY)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    if check and r.returncode:
-        raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
-                             f"{r.stderr[-6000:]}")
-    return r
 
 
 def job_counts(output: str) -> dict[str, int]:

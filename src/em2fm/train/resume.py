@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import io
+from ..provenance import sha256
 from .data import WindowSampler
 
 if TYPE_CHECKING:
@@ -29,14 +30,6 @@ def checkpoint_dir_for(model_path: str | Path) -> Path:
     return Path(model_path).parent / "checkpoint"
 
 
-def _file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_fingerprint(tiles_npz: list[str | Path], unet: dict, params: TrainParams,
                     tile_size: int, margin: int, channels: list[dict]) -> str:
     """Hash of everything that determines the training (inputs' content included).
@@ -48,8 +41,8 @@ def run_fingerprint(tiles_npz: list[str | Path], unet: dict, params: TrainParams
                 if k not in ("checkpoint_every", "device")}
     doc = {"settings": settings, "unet": unet, "tile_size": tile_size, "margin": margin,
            "channels": channels,
-           "inputs": [[Path(p).name, _file_digest(p),
-                       _file_digest(Path(p).with_suffix(".json"))] for p in tiles_npz]}
+           "inputs": [[Path(p).name, sha256(p),
+                       sha256(Path(p).with_suffix(".json"))] for p in tiles_npz]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
