@@ -18,6 +18,17 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def encode(encoder: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """The contraction path: each block's output (2× max-pooled between blocks)."""
+    skips = []
+    for i, block in enumerate(encoder):
+        if i:
+            x = F.max_pool2d(x, 2)
+        x = block(x)
+        skips.append(x)
+    return skips
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture (config ``model`` plus data-derived sizes)."""
@@ -90,12 +101,8 @@ class AsymmetricUNet(nn.Module):
         if x.shape[-1] % self.cfg.multiple or x.shape[-2] % self.cfg.multiple:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of "
                              f"{self.cfg.multiple}")
-        skips = []
-        for i, block in enumerate(self.encoder):
-            if i:
-                x = F.max_pool2d(x, 2)
-            x = block(x)
-            skips.append(x)
+        skips = encode(self.encoder, x)
+        x = skips[-1]
         for level, block in zip(self.levels, self.decoder, strict=True):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skips[level]], dim=1))
@@ -168,12 +175,8 @@ class SymmetricUNet(nn.Module):
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of {m}")
         if self.em_scale > 1:
             x = F.avg_pool2d(x, self.em_scale)
-        skips = []
-        for i, block in enumerate(self.encoder):
-            if i:
-                x = F.max_pool2d(x, 2)
-            x = block(x)
-            skips.append(x)
+        skips = encode(self.encoder, x)
+        x = skips[-1]
         for up, block, skip in zip(self.up, self.decoder, reversed(skips[:-1]), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.head(x)
