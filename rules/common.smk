@@ -128,6 +128,16 @@ def report_inputs(wildcards):
     return out
 
 
+def share_inputs(wildcards):
+    """What the share bundle holds beside the report: the model (given or trained here),
+    and the metrics, rounds, training log and model card where this run has them."""
+    out = {k: v for k, v in report_inputs(wildcards).items() if k != "ingest_em_only"}
+    out["model"] = model_file(wildcards)
+    if PLAN.model is None:
+        out["card"] = "results/model/model.json"
+    return out
+
+
 # Prediction-driven registration rounds. Each round trains a model on the previous round's
 # registrations; with a given model (model=PATH) one round registers to its prediction;
 # where no model can be trained (too few sections) the final registration is round 0.

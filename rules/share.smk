@@ -4,13 +4,9 @@
 
 rule share:
     input:
+        unpack(share_inputs),
         report="results/report.html",
-        metrics="results/metrics.tsv",
-        rounds="results/registration_rounds.tsv",
-        model="results/model/model.pt",
-        training="results/model/training.tsv",
         ingest=expand("results/ingest/{section}.json", section=SECTIONS),
-        card="results/model/model.json",
     output:
         "results/share.zip",
     log:

@@ -13,13 +13,13 @@ from em2fm import share
 share.run(
     zip_path=snakemake.output[0],
     report_html=snakemake.input.report,
-    metrics_tsv=snakemake.input.metrics,
-    rounds_tsv=snakemake.input.rounds,
+    metrics_tsv=snakemake.input.get("metrics") or None,
+    rounds_tsv=snakemake.input.get("rounds") or None,
     model=snakemake.input.model,
-    training_tsv=snakemake.input.training,
+    training_tsv=snakemake.input.get("training") or None,
     ingest_json=list(snakemake.input.ingest),
     config=snakemake.params.config,
     workflow_dir=snakemake.params.workflow_dir,
     sections=snakemake.params.sections,
-    model_card=getattr(snakemake.input, "card", None),
+    model_card=snakemake.input.get("card") or None,
 )

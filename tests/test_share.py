@@ -17,9 +17,11 @@ def _bundle(mini_run, tmp_path, **kw):
     html = tmp_path / "report.html"
     html.write_text("<html>report</html>")
     names = share.build(
-        tmp_path / "share.zip", report_html=html, metrics_tsv=root / "metrics.tsv",
-        rounds_tsv=root / "registration_rounds.tsv", model=root / "model" / "model.pt",
-        training_tsv=root / "model" / "training.tsv",
+        tmp_path / "share.zip", report_html=html,
+        metrics_tsv=kw.pop("metrics_tsv", root / "metrics.tsv"),
+        rounds_tsv=kw.pop("rounds_tsv", root / "registration_rounds.tsv"),
+        model=root / "model" / "model.pt",
+        training_tsv=kw.pop("training_tsv", root / "model" / "training.tsv"),
         ingest_json=kw.pop("ingest_json", [root / "ingest" / f"{x}.json" for x in s]),
         config={"seed": 7, "channels": ["Hoechst"], "raw_dir": None}, workflow_dir=ROOT,
         sections=s, **kw)
@@ -66,3 +68,13 @@ def test_missing_export_is_one_clear_error_and_no_zip(mini_run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"gone\.ome\.tiff.*missing.*Fix:"):
         _bundle(mini_run, tmp_path, ingest_json=[bad])
     assert not (tmp_path / "share.zip").exists()
+
+
+def test_bundle_of_a_given_model_and_em_only_sections(mini_run, tmp_path):
+    """model=PATH: no training log or card of this run; no FM section: no metrics."""
+    names, _ = _bundle(mini_run, tmp_path, metrics_tsv=None, rounds_tsv=None,
+                       training_tsv=None)
+    assert "model/model.pt" in names and "report.html" in names
+    for absent in ("metrics.tsv", "registration_rounds.tsv", "model/training.tsv",
+                   "model/model.json"):
+        assert absent not in names, absent

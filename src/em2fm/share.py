@@ -110,20 +110,22 @@ small differences in the last digits.
 """
 
 
-def build(zip_path: str | Path, *, report_html: str | Path, metrics_tsv: str | Path,
-          rounds_tsv: str | Path, model: str | Path, training_tsv: str | Path,
+def build(zip_path: str | Path, *, report_html: str | Path, metrics_tsv: str | Path | None,
+          rounds_tsv: str | Path | None, model: str | Path, training_tsv: str | Path | None,
           ingest_json: list[str | Path], config: dict, workflow_dir: str | Path,
           sections: list[str], model_card: str | Path | None = None) -> list[str]:
-    """Write the bundle; return the names inside the zip (sorted)."""
+    """Write the bundle; return the names inside the zip (sorted).
+
+    ``metrics_tsv`` and ``rounds_tsv`` are None without a section with FM, ``training_tsv``
+    and ``model_card`` None for a model given with ``model=PATH`` (trained elsewhere).
+    """
     prov = {"created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             **git_state(workflow_dir), **versions()}
     sums = input_checksums(ingest_json)
-    files: dict[str, Path] = {
-        "report.html": Path(report_html), "metrics.tsv": Path(metrics_tsv),
-        "registration_rounds.tsv": Path(rounds_tsv), "model/model.pt": Path(model),
-        "model/training.tsv": Path(training_tsv)}
-    if model_card:
-        files["model/model.json"] = Path(model_card)
+    members = {"report.html": report_html, "metrics.tsv": metrics_tsv,
+               "registration_rounds.tsv": rounds_tsv, "model/model.pt": model,
+               "model/training.tsv": training_tsv, "model/model.json": model_card}
+    files: dict[str, Path] = {k: Path(v) for k, v in members.items() if v}
     wf = Path(workflow_dir)
     for rel in workflow_files(wf):
         files[f"workflow/{rel.as_posix()}"] = wf / rel
@@ -146,9 +148,9 @@ def build(zip_path: str | Path, *, report_html: str | Path, metrics_tsv: str | P
     return names
 
 
-def run(zip_path: str, report_html: str, metrics_tsv: str, rounds_tsv: str, model: str,
-        training_tsv: str, ingest_json: list[str], config: dict, workflow_dir: str,
-        sections: list[str], model_card: str | None = None) -> None:
+def run(zip_path: str, report_html: str, metrics_tsv: str | None, rounds_tsv: str | None,
+        model: str, training_tsv: str | None, ingest_json: list[str], config: dict,
+        workflow_dir: str, sections: list[str], model_card: str | None = None) -> None:
     """The rule's entry point (see :func:`build`)."""
     build(zip_path, report_html=report_html, metrics_tsv=metrics_tsv, rounds_tsv=rounds_tsv,
           model=model, training_tsv=training_tsv, ingest_json=ingest_json, config=config,
