@@ -37,6 +37,9 @@ import torch
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _defaults
 
 from em2fm.inference import (
     InferenceSettings,
@@ -46,7 +49,7 @@ from em2fm.inference import (
     set_threads,
 )
 from em2fm.predict import load_model
-from em2fm.unet import UNetConfig, build
+from em2fm.unet import SymmetricUNet, UNetConfig, build, describe, n_parameters
 
 
 def texture(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -77,7 +80,8 @@ def _load(model_path: str | None) -> tuple[torch.nn.Module, int | None]:
         model, ckpt = load_model(model_path, torch.device("cpu"))
         return model, int(ckpt["margin"])
     torch.manual_seed(0)
-    return calibrated(build(UNetConfig()), texture((1024, 1024), seed=5)), None
+    net = build(UNetConfig(em_scale=_defaults.em_scale(), **_defaults.network()))
+    return calibrated(net, texture((1024, 1024), seed=5)), None
 
 
 def calibrated(net: torch.nn.Module, em: np.ndarray, size: int = 352) -> torch.nn.Module:
@@ -230,43 +234,17 @@ def memory(args: argparse.Namespace) -> None:
 
 
 # -- speed ----------------------------------------------------------------------------------
-class SymmetricUNet(torch.nn.Module):
-    """Baseline: a symmetric U-Net on EM binned to the target grid (output = input size)."""
-
-    def __init__(self, depth: int = 4, base: int = 32, out_channels: int = 2) -> None:
-        super().__init__()
-        from em2fm.unet import ConvBlock
-
-        w = [base * 2**i for i in range(depth + 1)]
-        self.enc = torch.nn.ModuleList([ConvBlock(1, w[0])] + [ConvBlock(w[i - 1], w[i])
-                                                                for i in range(1, depth + 1)])
-        self.dec = torch.nn.ModuleList([ConvBlock(w[i + 1] + w[i], w[i])
-                                        for i in reversed(range(depth))])
-        self.head = torch.nn.Conv2d(w[0], out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.nn import functional as F
-
-        skips = []
-        for i, block in enumerate(self.enc):
-            x = block(F.max_pool2d(x, 2) if i else x)
-            skips.append(x)
-        for block, skip in zip(self.dec, reversed(skips[:-1]), strict=True):
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], 1))
-        return self.head(x)
-
-
 def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Multiply-add FLOPs (×2) of the convolutions of one forward pass on ``x``."""
     total = [0.0]
 
-    def hook(mod: torch.nn.Conv2d, _inp, out: torch.Tensor) -> None:
+    def hook(mod: torch.nn.Module, _inp, out: torch.Tensor) -> None:
         k = mod.kernel_size[0] * mod.kernel_size[1]
-        total[0] += 2.0 * mod.in_channels * mod.out_channels * k * out.numel() / out.shape[1]
+        cin = mod.in_channels
+        total[0] += 2.0 * cin * mod.out_channels * k * out.numel() / out.shape[1]
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, torch.nn.Conv2d)]
+               if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
     with torch.inference_mode():
         model(x)
     for h in handles:
@@ -293,6 +271,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def baseline_model() -> torch.nn.Module:
+    """The symmetric U-Net baseline (depth 4, 32 base channels, EM binned to the output grid),
+    batch-norm statistics calibrated like :func:`_load`'s network."""
+    torch.manual_seed(0)
+    return calibrated(SymmetricUNet(out_channels=2, depth=4, base_channels=32, em_scale=4),
+                      texture((1024, 1024), seed=5), size=512)
+
+
+def baseline_context(base: torch.nn.Module, window: int, contexts: list[int]) -> list[float]:
+    """Seam ratio of the windowed baseline for each EM context (target px) in ``contexts``."""
+    s = base.cfg.em_scale
+    n = 4 * window
+    em = texture((n * s, n * s), seed=7)
+    starts = list(range(0, n, window))
+    return [border_ratio(WindowedPredictor(base, c, InferenceSettings(window=window))
+                         .predict(em)[0], starts, starts) for c in contexts]
+
+
 def speed(args: argparse.Namespace) -> None:
     model, trained_margin = _load(args.model)
     s = model.cfg.em_scale
@@ -303,44 +299,60 @@ def speed(args: argparse.Namespace) -> None:
     peak = machine_conv_flops()
     print(f"\nSpeed: {n}² target px = {n * s}² EM (work) px, {torch.get_num_threads()} CPU "
           f"threads; measured conv throughput {peak / 1e9:.1f} GFLOP/s (float32 3×3, best of 4 "
-          "shapes)")
-    print(f"  {'case':<58} {'EM Mpx/s':>9} {'× naive':>8} {'× base':>7} {'conv':>6}")
+          f"shapes); this model: {describe(model.cfg.as_dict())}, "
+          f"{n_parameters(model) / 1e6:.2f} M parameters")
+    base = baseline_model()
+    # the baseline's context: the least of these whose butted windows show no seams
+    contexts = [8, 16, 32, 64]
+    ratios = baseline_context(base, args.baseline_window, contexts)
+    print("  baseline seams, window " + str(args.baseline_window) + " target px: "
+          + ", ".join(f"context {c}: {r:.3f}" for c, r in zip(contexts, ratios, strict=True)))
+    b_ctx = next((c for c, r in zip(contexts, ratios, strict=True) if r <= 1.05), contexts[-1])
+    print(f"  {'case':<62} {'EM Mpx/s':>9} {'× naive':>8} {'× base':>7} {'× base w':>8} "
+          f"{'conv':>6}")
     rows: list[tuple[str, float, float]] = []
 
-    def window_flops(pred: WindowedPredictor) -> float:
+    def window_flops(net: torch.nn.Module, pred: WindowedPredictor) -> float:
         size = (pred.window + 2 * pred.margin) * s
-        per = conv_flops(model, torch.zeros(1, 1, size, size)) * len(pred.transforms)
+        per = conv_flops(net, torch.zeros(1, 1, size, size)) * len(pred.transforms)
         count = len(range(0, n, pred.stride)) ** 2
         return per * count
 
-    cases = [("naive tiler: 4 px context, window 64, butted, batch 4", 4, 64, False, False)]
+    cases = [("naive tiler: 4 px context, window 64, butted, batch 4", model, 4, 64, False,
+              True, 4)]
     for window in args.windows:
-        cases.append((f"this: {m} px context, window {window}", m, window, False, True))
-    cases.append((f"this, batch norm not folded: window {args.windows[-1]}", m,
-                  args.windows[-1], False, False))
-    cases.append((f"this + TTA (8 flips/rotations): window {args.windows[-1]}", m,
-                  args.windows[-1], True, True))
-    for name, margin, window, tta, fuse in cases:
-        batch = 4 if name.startswith("naive") else None
-        pred = WindowedPredictor(model, margin, InferenceSettings(
+        cases.append((f"this: {m} px context, window {window}", model, m, window, False, True,
+                      None))
+    last = args.windows[-1]
+    cases.append((f"this, batch norm not folded: window {last}", model, m, last, False, False,
+                  None))
+    cases.append((f"this + TTA (8 flips/rotations): window {last}", model, m, last, True, True,
+                  None))
+    cases.append((f"baseline windowed: {b_ctx} px context (seam-free), window "
+                  f"{args.baseline_window}", base, b_ctx, args.baseline_window, False, True,
+                  None))
+    for name, net, margin, window, tta, fuse, batch in cases:
+        pred = WindowedPredictor(net, margin, InferenceSettings(
             window=window, tta=tta, fuse=fuse, batch=batch))
         with torch.inference_mode():
             pred.predict(em[: 64 * s * 2, : 64 * s * 2])  # warm-up
             t = _timed(lambda p=pred: p.predict(em))
-        rows.append((name, em_mpx / t, window_flops(pred) / t))
-    base = fuse_batchnorm(SymmetricUNet().eval())  # the same folding, to be fair
-    binned = torch.from_numpy(em.reshape(n, s, n, s).mean((1, 3))[None, None].copy())
+        rows.append((name, em_mpx / t, window_flops(net, pred) / t))
+    folded = fuse_batchnorm(base)  # the same folding, to be fair
+    x = torch.from_numpy(em[None, None].copy())
     with torch.inference_mode():
-        base(binned[..., :64, :64])
-        t = _timed(lambda: base(binned))
-    rows.append(("baseline: symmetric U-Net d4 b32, binned EM, whole, folded", em_mpx / t,
-                 conv_flops(base, binned) / t))
-    naive, baseline = rows[0][1], rows[-1][1]
+        folded(x[..., :256, :256])
+        t = _timed(lambda: folded(x))
+    rows.append(("baseline: whole section in one pass (no windows), folded", em_mpx / t,
+                 conv_flops(folded, x) / t))
+    naive, baseline, windowed = rows[0][1], rows[-1][1], rows[-2][1]
     for name, mpx, flops in rows:
-        print(f"  {name:<58} {mpx:9.3f} {mpx / naive:8.2f} {mpx / baseline:7.2f} "
-              f"{flops / peak:6.0%}")
-    print("  conv = fraction of the measured conv throughput reached (convolution FLOPs, "
-          "context included, / time)")
+        print(f"  {name:<62} {mpx:9.3f} {mpx / naive:8.2f} {mpx / baseline:7.2f} "
+              f"{mpx / windowed:8.2f} {flops / peak:6.0%}")
+    print("  × base: / the baseline on the whole section at once (fits in memory only for "
+          "small sections); × base w: / the baseline windowed as this predictor, with the "
+          "context it needs for no seams; conv = fraction of the measured conv throughput "
+          "reached (convolution FLOPs, context included, / time)")
     if args.tiles and args.model:
         tta_benefit(model, m, args)
 
@@ -375,9 +387,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=192, help="seams: section, target px")
     parser.add_argument("--tta-size", type=int, default=64, help="seams: TTA section, px")
     parser.add_argument("--window", type=int, default=32, help="seams: window, target px")
-    parser.add_argument("--windows", type=int, nargs="+", default=[128, 256],
+    parser.add_argument("--windows", type=int, nargs="+", default=[256, 512],
                         help="speed: windows of this predictor")
-    parser.add_argument("--speed-size", type=int, default=384, help="speed: target px")
+    parser.add_argument("--speed-size", type=int, default=1024, help="speed: target px")
+    parser.add_argument("--baseline-window", type=int, default=256,
+                        help="speed: the windowed baseline's window, target px")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768],
                         help="memory: EM edges (px)")
     parser.add_argument("--base-channels", type=int, default=4, help="memory: network width")

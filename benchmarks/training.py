@@ -47,14 +47,27 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _defaults  # noqa: E402
 
 CACHE = ROOT / ".tmp" / "bench-training"
 RESULTS = ROOT / "benchmarks" / "tables"
 DYES = {"Hoechst": {"excitation_nm": 405, "emission_nm": 450},
         "Insulin": {"excitation_nm": 590, "emission_nm": 617}}
 CHANNELS = [{"name": n, **d} for n, d in DYES.items()]
-UNET = {"base_channels": 16, "max_channels": 128, "depth": 4}
-TILE, MARGIN = 32, 4
+
+UNET, TILE = _defaults.network(), _defaults.tile_size()
+
+
+def _margin(unet: dict) -> int:
+    """The EM context (target px) the workflow uses for ``unet``: its receptive field."""
+    from em2fm.receptive import context_margin
+
+    return context_margin(int(unet["depth"]), 4, unet.get("stem", "blocks"))
+
+
+MARGIN = _margin(UNET)
 
 VARIANTS = {
     "aspecific + bleed-through (default)": {},
@@ -182,20 +195,49 @@ def _selected(items: dict, only: int | None) -> list[tuple[int, str]]:
     return [(i, k) for i, k in enumerate(items) if only is None or i == only]
 
 
+def _tag(unet: dict) -> str:
+    """A folder name for an architecture (``model`` settings)."""
+    return "-".join(f"{k}{v}" for k, v in sorted(unet.items()))
+
+
+def _runs(args) -> Path:
+    """Cache folder of the runs of one protocol (architecture, steps, sections)."""
+    return CACHE / "runs" / f"{_tag(UNET)}_steps{args.steps}_{args.sections}s"
+
+
+def _over_seeds(args, folder: Path, name: str, **settings) -> list[dict]:
+    """One training per seed of ``--seeds`` (cached)."""
+    out = []
+    for seed in args.seeds:
+        work = _runs(args) / f"{name}-seed{seed}"
+        out.append(_cached(work / "result.json", lambda w=work, sd=seed: train_steps(
+            folder, w, args.steps, seed=sd, **settings)))
+        print(name, seed, json.dumps(out[-1]["best"]), flush=True)
+    return out
+
+
+def _mean(results: list[dict], split: str, key: str) -> float:
+    return float(np.mean([r[split][key] for r in results]))
+
+
+def _range(results: list[dict], split: str, key: str) -> float:
+    vals = [r[split][key] for r in results]
+    return float(max(vals) - min(vals))
+
+
 def part_ablation(args) -> None:
     rows = []
     for i, label in _selected(VARIANTS, args.only):
         folder = dataset(VARIANTS[label], args.sections, args.em_size)
-        work = CACHE / "runs" / f"steps{args.steps}" / f"variant-{i}"
-        r = _cached(work / "result.json", lambda f=folder, w=work: train_steps(f, w, args.steps))
-        t = r["test"]
-        rows.append([label] + [t[f"{c}_{k}"] for c in ("Hoechst", "Insulin")
+        rs = _over_seeds(args, folder, f"variant-{i}")
+        rows.append([label] + [_mean(rs, "test", f"{c}_{k}") for c in ("Hoechst", "Insulin")
                                for k in ("pcc", "pcc_clean", "ceiling")]
-                    + [r["val"]["Hoechst_pcc"], r["val"]["Insulin_pcc"]])
-        print(label, json.dumps(r["best"]), flush=True)
+                    + [_range(rs, "test", f"{c}_pcc") for c in ("Hoechst", "Insulin")]
+                    + [_mean(rs, "val", "Hoechst_pcc"), _mean(rs, "val", "Insulin_pcc")])
     _print_table("ablation" + ("" if args.only is None else f"_{args.only}"),
                  ["data", "Hoechst PCC", "Hoechst PCC vs noise-free", "Hoechst noise ceiling",
                   "Insulin PCC", "Insulin PCC vs noise-free", "Insulin noise ceiling",
+                  "Hoechst PCC range over seeds", "Insulin PCC range over seeds",
                   "val Hoechst PCC", "val Insulin PCC"], rows)
 
 
@@ -212,18 +254,18 @@ def part_options(args) -> None:
     folder = dataset({}, args.sections, args.em_size)
     rows = []
     for i, label in _selected(OPTIONS, args.only):
-        # "defaults" is the ablation's default-data run (same data, settings and seed)
-        work = CACHE / "runs" / f"steps{args.steps}" / ("variant-0" if i == 0 else f"option-{i}")
-        r = _cached(work / "result.json", lambda w=work, o=OPTIONS[label]: train_steps(
-            folder, w, args.steps, **o))
-        rows.append([label, r["val"]["Hoechst_pcc"], r["val"]["Insulin_pcc"],
-                     r["test"]["Hoechst_pcc"], r["test"]["Insulin_pcc"],
-                     (r["test"]["Hoechst_pcc"] + r["test"]["Insulin_pcc"]) / 2,
-                     r["cpu_s"]])
-        print(label, json.dumps(r["best"]), flush=True)
+        # "defaults" is the ablation's default-data run (same data, settings and seeds)
+        rs = _over_seeds(args, folder, "variant-0" if i == 0 else f"option-{i}",
+                         **OPTIONS[label])
+        rows.append([label, _mean(rs, "val", "Hoechst_pcc"), _mean(rs, "val", "Insulin_pcc"),
+                     _mean(rs, "test", "Hoechst_pcc"), _mean(rs, "test", "Insulin_pcc"),
+                     (_mean(rs, "test", "Hoechst_pcc") + _mean(rs, "test", "Insulin_pcc")) / 2,
+                     _range(rs, "test", "Hoechst_pcc"), _range(rs, "test", "Insulin_pcc"),
+                     float(np.mean([r["cpu_s"] for r in rs]))])
     _print_table("options" + ("" if args.only is None else f"_{args.only}"),
                  ["training", "val Hoechst", "val Insulin", "test Hoechst", "test Insulin",
-                  "test mean", "CPU s"], rows)
+                  "test mean", "test Hoechst range over seeds",
+                  "test Insulin range over seeds", "CPU s"], rows)
 
 
 def _fit_budget(model, opt, sched, sampler, margin: int, budget_s: float, batch: int) -> dict:
@@ -245,6 +287,21 @@ def _fit_budget(model, opt, sched, sampler, margin: int, budget_s: float, batch:
     return {"steps": steps, "cpu_s": time.process_time() - t0}
 
 
+BASELINE = "symmetric U-Net baseline (d4, b32, binned EM, MSE, Adam 1e-3)"
+MODELS = {  # rows of the baseline comparison: this model's architectures, then the baseline
+    "this model, config.yaml": UNET,
+    "this model, stem blocks b16 d4 (until Dec 2026)": {"stem": "blocks", "base_channels": 16,
+                                                       "max_channels": 128, "depth": 4},
+    "this model, stem patch b4 d4": {"stem": "patch", "base_channels": 4, "max_channels": 128,
+                                     "depth": 4},
+    "this model, stem patch b8 d4": {"stem": "patch", "base_channels": 8, "max_channels": 128,
+                                     "depth": 4},
+    "this model, stem patch b4 d5": {"stem": "patch", "base_channels": 4, "max_channels": 128,
+                                     "depth": 5},
+    BASELINE: None,
+}
+
+
 def _setup(kind: str, folder: Path, steps_hint: int):
     import torch
 
@@ -252,13 +309,14 @@ def _setup(kind: str, folder: Path, steps_hint: int):
     from em2fm.unet import SymmetricUNet, UNetConfig, build
 
     torch.manual_seed(42)
-    margin = MARGIN if kind == "this model" else 8
+    unet = MODELS[kind]
+    margin = _margin(unet) if unet else 8
     sections = load_sections(_tiles(folder), TILE)
     norm = normalisation(sections)
     train_s = [s for s in sections if s.split == "train"]
     sampler = WindowSampler(train_s, TILE, margin, 4, norm.mean, norm.std, 42)
-    if kind == "this model":
-        model = build(UNetConfig(out_channels=2, em_scale=4, **UNET))
+    if unet:
+        model = build(UNetConfig(out_channels=2, em_scale=4, **unet))
         opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
         warmup = max(1, steps_hint // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -271,33 +329,49 @@ def _setup(kind: str, folder: Path, steps_hint: int):
     return model, opt, sched, sampler, margin, norm
 
 
+def _baseline_run(kind: str, folder: Path, args) -> dict:
+    from em2fm.unet import n_parameters
+
+    budget = args.budget_min * 60
+    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10)
+    t0 = time.process_time()
+    for _ in range(3):  # CPU s per step, to size the cosine schedule
+        x, _ = sampler.batch(args.batch)
+        model(x).mean().backward()
+    per_step = (time.process_time() - t0) / 3
+    steps_hint = max(10, int(budget / per_step))
+    model, opt, sched, sampler, margin, _ = _setup(kind, folder, steps_hint)
+    fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
+    meta = {"margin": margin, "em_normalisation": "zscore"}
+    return {"fit": fit, "parameters": n_parameters(model), "margin": margin,
+            "val": evaluate(model, meta, folder, "val"),
+            "test": evaluate(model, meta, folder, "test")}
+
+
 def part_baseline(args) -> None:
     from em2fm.predict import set_threads
-    from em2fm.unet import n_parameters
 
     set_threads(1)
     folder = dataset({}, args.sections, args.em_size)
-    budget = args.budget_min * 60
     rows = []
-    for kind in ("this model", "symmetric U-Net baseline"):  # one after the other
-        model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10)
-        t0 = time.process_time()
-        for _ in range(3):  # CPU s per step, to size this model's cosine schedule
-            x, _ = sampler.batch(args.batch)
-            model(x).mean().backward()
-        per_step = (time.process_time() - t0) / 3
-        steps_hint = max(10, int(budget / per_step))
-        model, opt, sched, sampler, margin, _ = _setup(kind, folder, steps_hint)
-        fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
-        meta = {"margin": margin, "em_normalisation": "zscore"}
-        val, test = evaluate(model, meta, folder, "val"), evaluate(model, meta, folder, "test")
-        rows.append([kind, n_parameters(model), fit["steps"],
+    for i, kind in _selected(MODELS, args.only):
+        if args.models is not None and i not in args.models:
+            continue
+        unet = MODELS[kind]
+        tag = _tag(unet) if unet else "symmetric"
+        work = CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s" / tag
+        r = _cached(work / "result.json", lambda k=kind: _baseline_run(k, folder, args))
+        fit, val, test = r["fit"], r["val"], r["test"]
+        rows.append([kind, r["parameters"], r["margin"], fit["steps"],
                      fit["steps"] * args.batch / fit["cpu_s"], val["Hoechst_pcc"],
-                     val["Insulin_pcc"], test["Hoechst_pcc"], test["Insulin_pcc"]])
+                     val["Insulin_pcc"], test["Hoechst_pcc"], test["Insulin_pcc"],
+                     (test["Hoechst_pcc"] + test["Insulin_pcc"]) / 2])
         print(kind, fit, flush=True)
-    _print_table(f"baseline_{args.budget_min:g}min",
-                 ["model", "parameters", "steps", "windows per CPU s", "val Hoechst PCC",
-                  "val Insulin PCC", "test Hoechst PCC", "test Insulin PCC"], rows)
+    if args.only is None:
+        _print_table(f"baseline_{args.budget_min:g}min",
+                     ["model", "parameters", "context (target px)", "steps",
+                      "windows per CPU s", "val Hoechst PCC", "val Insulin PCC",
+                      "test Hoechst PCC", "test Insulin PCC", "test mean PCC"], rows)
 
 
 _REPRO_CHILD = """
@@ -378,10 +452,14 @@ def main() -> None:
     ap.add_argument("--sections", type=int, default=4, help="sections (≥ 3)")
     ap.add_argument("--em-size", type=int, default=1280, help="SEM px per section side")
     ap.add_argument("--steps", type=int, default=120, help="training steps per run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42],
+                    help="ablation/options: training seeds (table: mean, and range over them)")
     ap.add_argument("--budget-min", type=float, default=5.0, help="baseline: CPU minutes")
     ap.add_argument("--batch", type=int, default=8, help="baseline: windows per step")
+    ap.add_argument("--models", type=int, nargs="*", default=None,
+                    help="baseline: rows of MODELS to run (default: all)")
     ap.add_argument("--only", type=int, default=None,
-                    help="ablation/options: run only this row (results cached; run in "
+                    help="ablation/options/baseline: run only this row (results cached; run in "
                     "parallel processes, then once without --only to print the table)")
     args = ap.parse_args()
     import logging

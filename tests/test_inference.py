@@ -36,12 +36,13 @@ def _positive_net(cfg: UNetConfig) -> nn.Module:
     return net
 
 
-@pytest.mark.parametrize(("depth", "em_scale"), [(3, 4), (4, 4), (2, 2), (3, 8)])
-def test_receptive_field_matches_the_impulse_response(depth, em_scale, monkeypatch):
+@pytest.mark.parametrize("stem", ["blocks", "patch"])
+@pytest.mark.parametrize(("depth", "em_scale"), [(3, 4), (4, 4), (2, 2), (3, 8), (5, 4)])
+def test_receptive_field_matches_the_impulse_response(depth, em_scale, stem, monkeypatch):
     # avg pooling has max pooling's support but passes gradient to all four inputs
     monkeypatch.setattr(F, "max_pool2d", F.avg_pool2d)
     cfg = UNetConfig(out_channels=1, base_channels=2, max_channels=4, depth=depth,
-                     em_scale=em_scale)
+                     em_scale=em_scale, stem=stem)
     net = _positive_net(cfg)
     size = 2 ** depth * 32
     x = torch.ones(1, 1, size, size, requires_grad=True)
@@ -52,13 +53,15 @@ def test_receptive_field_matches_the_impulse_response(depth, em_scale, monkeypat
             x.grad = None
         net(x)[0, 0, centre, centre + phase].backward()
         cols = np.flatnonzero(x.grad[0, 0].abs().sum(0).numpy())
-        lo, hi = input_interval(depth, em_scale, centre + phase)
+        lo, hi = input_interval(depth, em_scale, centre + phase, stem)
         assert (cols.min(), cols.max()) == (lo, hi)
 
 
 def test_default_receptive_field_is_about_27_target_px():
     assert receptive_radius_em(4, 4) == 110  # EM px, i.e. 27.5 target px
     assert context_margin(4, 4) == 28
+    assert receptive_radius_em(4, 4, "patch") == 104  # the default stem: 26 target px
+    assert context_margin(4, 4, "patch") == 26
     assert ((32 + 2 * context_margin(4, 4)) * 4) % 16 == 0
     for depth, s in [(3, 4), (5, 8), (4, 1), (4, 2)]:
         m = context_margin(depth, s)

@@ -174,7 +174,8 @@ def check(config: dict) -> None:
                           f"the network must contract at least log2(em_scale) times. "
                           f"Fix: set model.depth ≥ {scale.bit_length() - 1}")
     try:
-        margin = resolve_margin(config["tiles"].get("margin"), depth, scale)
+        margin = resolve_margin(config["tiles"].get("margin"), depth, scale,
+                                config["model"].get("stem", "blocks"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     window = (int(config["tiles"]["tile_size"]) + 2 * margin) * scale

@@ -103,12 +103,12 @@ def apply_settings(config: dict, card: dict) -> dict:
                           f"{names[0]}}}' or null")
     tiles = {**config["tiles"], "pixel_size_nm": card["target_pixel_size_nm"],
              "em_scale": card["em_scale"], "margin": card["margin"]}
-    depth = card.get("architecture", {}).get("depth")
-    if depth is not None:  # a model older than the computed context: raised to it
+    arch = card.get("architecture", {})
+    if arch.get("depth") is not None:  # a model older than the computed context: raised to it
         from .receptive import context_margin
 
-        tiles["margin"] = max(int(card["margin"]),
-                              context_margin(int(depth), int(card["em_scale"])))
+        tiles["margin"] = max(int(card["margin"]), context_margin(
+            int(arch["depth"]), int(card["em_scale"]), arch.get("stem", "blocks")))
     if card.get("tile_size"):
         tiles["tile_size"] = int(card["tile_size"])
     return {"channels": names, "dyes": dyes, "tiles": tiles}

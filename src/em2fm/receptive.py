@@ -38,12 +38,26 @@ def _union(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return min(a[0], b[0]), max(a[1], b[1])
 
 
-def _encoder_back(level: int, iv: tuple[int, int]) -> tuple[int, int]:
-    """EM px (level 0) needed by the interval ``iv`` of encoder block ``level``'s output."""
+def _first_level(em_scale: int, stem: str) -> int:
+    """First level with a block of 3×3 convolutions (see :class:`em2fm.unet.UNetConfig`)."""
+    return round(math.log2(em_scale)) if stem == "patch" else 0
+
+
+def _encoder_back(level: int, iv: tuple[int, int], em_scale: int = 1,
+                  stem: str = "blocks") -> tuple[int, int]:
+    """EM px (level 0) needed by the interval ``iv`` of encoder block ``level``'s output.
+
+    With the ``"patch"`` stem, level ``log2(em_scale)`` is reached from the EM by one
+    ``em_scale``-px convolution of stride ``em_scale``: ``[lo, hi]`` needs
+    ``[em_scale·lo, em_scale·hi + em_scale - 1]``.
+    """
+    first = _first_level(em_scale, stem)
     iv = _conv(iv)
-    while level > 0:
+    while level > first:
         iv = _conv(_pool_back(iv))
         level -= 1
+    if first:
+        iv = em_scale * iv[0], em_scale * iv[1] + em_scale - 1
     return iv
 
 
@@ -52,32 +66,35 @@ def _levels(depth: int, em_scale: int) -> list[int]:
     return list(range(depth - 1, depth - 1 - n_up, -1))
 
 
-def _decoder_back(depth: int, levels: list[int], idx: int, iv: tuple[int, int]) -> tuple[int, int]:
+def _decoder_back(depth: int, levels: list[int], idx: int, iv: tuple[int, int],
+                  em_scale: int, stem: str) -> tuple[int, int]:
     """EM px needed by the interval ``iv`` of decoder block ``idx``'s output."""
     iv = _conv(iv)
-    skip = _encoder_back(levels[idx], iv)
+    skip = _encoder_back(levels[idx], iv, em_scale, stem)
     up = _up_back(iv)
-    deeper = _encoder_back(depth, up) if idx == 0 else _decoder_back(depth, levels, idx - 1, up)
+    deeper = (_encoder_back(depth, up, em_scale, stem) if idx == 0
+              else _decoder_back(depth, levels, idx - 1, up, em_scale, stem))
     return _union(skip, deeper)
 
 
-def input_interval(depth: int, em_scale: int, out_px: int) -> tuple[int, int]:
+def input_interval(depth: int, em_scale: int, out_px: int,
+                   stem: str = "blocks") -> tuple[int, int]:
     """EM input px ``[first, last]`` that output (target) pixel ``out_px`` depends on."""
     levels = _levels(depth, em_scale)
     iv = (out_px, out_px)
     if not levels:
-        return _encoder_back(depth, iv)
-    return _decoder_back(depth, levels, len(levels) - 1, iv)
+        return _encoder_back(depth, iv, em_scale, stem)
+    return _decoder_back(depth, levels, len(levels) - 1, iv, em_scale, stem)
 
 
-def receptive_radius_em(depth: int, em_scale: int) -> int:
+def receptive_radius_em(depth: int, em_scale: int, stem: str = "blocks") -> int:
     """Receptive-field reach (EM input px) beyond an output pixel's own ``em_scale`` block.
 
     The maximum over the output pixel's phase on the pooling grid and both sides.
     """
     reach = 0
     for i in range(max(1, window_period(depth, em_scale))):
-        lo, hi = input_interval(depth, em_scale, i)
+        lo, hi = input_interval(depth, em_scale, i, stem)
         reach = max(reach, i * em_scale - lo, hi - (i * em_scale + em_scale - 1))
     return reach
 
@@ -87,32 +104,34 @@ def window_period(depth: int, em_scale: int) -> int:
     return max(1, 2**depth // em_scale)
 
 
-def context_margin(depth: int, em_scale: int) -> int:
+def context_margin(depth: int, em_scale: int, stem: str = "blocks") -> int:
     """EM context (target px) that covers the receptive field and keeps windows valid.
 
     The smallest ``m ≥ ⌈radius / em_scale⌉`` with ``2·m·em_scale`` a multiple of
     ``2**depth`` (so a window of a multiple of :func:`window_period` target px plus its
     context is a valid network input).
     """
-    m = math.ceil(receptive_radius_em(depth, em_scale) / em_scale)
+    m = math.ceil(receptive_radius_em(depth, em_scale, stem) / em_scale)
     while (2 * m * em_scale) % 2**depth:
         m += 1
     return m
 
 
-def resolve_margin(setting: int | None, depth: int, em_scale: int) -> int:
+def resolve_margin(setting: int | None, depth: int, em_scale: int,
+                   stem: str = "blocks") -> int:
     """The margin to use: ``setting`` (config ``tiles.margin``) or, when null, the computed one.
 
     Raises:
         ValueError: ``setting`` is smaller than the receptive field needs.
     """
-    need = context_margin(depth, em_scale)
+    need = context_margin(depth, em_scale, stem)
     if setting is None:
         return need
     if int(setting) < need:
         raise ValueError(
             f"tiles.margin {setting} target px is less than the network's receptive field "
-            f"needs ({need} target px for model.depth {depth}, tiles.em_scale {em_scale}): "
+            f"needs ({need} target px for model.depth {depth}, model.stem {stem}, tiles.em_scale "
+            f"{em_scale}): "
             "windows would show seams. Fix: set tiles.margin to null (computed) or ≥ "
             f"{need}")
     return int(setting)

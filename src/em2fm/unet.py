@@ -3,9 +3,22 @@
 EM pixels are ``em_scale`` times smaller than the FM-resolution output pixels,
 so the encoder halves the resolution ``depth`` times while the decoder doubles
 it only ``depth - log2(em_scale)`` times, with skip connections from the
-encoder levels of matching resolution. The output has one channel per FM
-channel on the target grid: an input of ``(N, 1, H·s, W·s)`` gives
-``(N, C, H, W)``. ``H·s`` and ``W·s`` must be multiples of ``2**depth``.
+encoder levels of matching resolution.
+
+The first ``log2(em_scale)`` contractions (the EM-resolution levels, whose features
+reach the output only through deeper levels) take one of two forms (``stem``):
+
+- ``"blocks"``: a block of two 3×3 convolutions at every EM-resolution level, then
+  2×2 max pooling (the original design; about 60 kFLOP per EM px for the old defaults);
+- ``"patch"``: one ``em_scale × em_scale`` convolution with stride ``em_scale`` (a
+  learned patch embedding: every EM pixel of the block enters with its own weights;
+  with ``em_scale²`` channels or more it can keep all of them) straight to the output
+  grid, with ``widths[log2(em_scale)]`` channels. It costs a few FLOP per EM px, so the
+  network's cost is that of its levels at and below the output grid
+  (benchmarks/inference.py speed).
+
+The output has one channel per FM channel on the target grid: an input of
+``(N, 1, H·s, W·s)`` gives ``(N, C, H, W)``. ``H·s`` and ``W·s`` must be multiples of ``2**depth``.
 """
 
 from __future__ import annotations
@@ -39,6 +52,12 @@ class UNetConfig:
     max_channels: int = 128
     depth: int = 4
     em_scale: int = 4
+    stem: str = "blocks"
+
+    @property
+    def first_level(self) -> int:
+        """First encoder level with a block of 3×3 convolutions (0, or log2(em_scale))."""
+        return round(math.log2(self.em_scale)) if self.stem == "patch" else 0
 
     @property
     def n_up(self) -> int:
@@ -80,12 +99,26 @@ class AsymmetricUNet(nn.Module):
         if cfg.n_up < 0:
             raise ValueError(f"model.depth ({cfg.depth}) must be at least log2(em_scale) "
                              f"({int(k)})")
+        if cfg.stem not in ("blocks", "patch"):
+            raise ValueError(f"model.stem must be 'blocks' or 'patch', got {cfg.stem!r}")
         self.cfg = cfg
         widths = [min(cfg.base_channels * 2**i, cfg.max_channels) for i in range(cfg.depth + 1)]
         self.widths = widths
+        first = cfg.first_level
+        if cfg.stem == "patch":  # EM blocks of em_scale² px → the output grid in one step
+            self.stem = nn.Sequential(
+                nn.Conv2d(cfg.in_channels, widths[first], cfg.em_scale, stride=cfg.em_scale,
+                          bias=False),
+                nn.BatchNorm2d(widths[first]),
+                nn.ReLU(inplace=True),
+            )
+            cin = widths[first]
+        else:
+            self.stem = nn.Identity()
+            cin = cfg.in_channels
         self.encoder = nn.ModuleList(
-            [ConvBlock(cfg.in_channels, widths[0])]
-            + [ConvBlock(widths[i - 1], widths[i]) for i in range(1, cfg.depth + 1)]
+            [ConvBlock(cin, widths[first])]
+            + [ConvBlock(widths[i - 1], widths[i]) for i in range(first + 1, cfg.depth + 1)]
         )
         # decoder levels: depth-1, depth-2, …, depth-n_up (the output resolution)
         self.levels = list(range(cfg.depth - 1, cfg.depth - 1 - cfg.n_up, -1))
@@ -101,7 +134,7 @@ class AsymmetricUNet(nn.Module):
         if x.shape[-1] % self.cfg.multiple or x.shape[-2] % self.cfg.multiple:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of "
                              f"{self.cfg.multiple}")
-        skips = encode(self.encoder, x)
+        skips = [None] * self.cfg.first_level + encode(self.encoder, self.stem(x))
         x = skips[-1]
         for level, block in zip(self.levels, self.decoder, strict=True):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
@@ -180,6 +213,19 @@ class SymmetricUNet(nn.Module):
         for up, block, skip in zip(self.up, self.decoder, reversed(skips[:-1]), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.head(x)
+
+
+def describe(cfg: dict) -> str:
+    """One sentence on an :class:`AsymmetricUNet` from its config dict (model card, report)."""
+    k = round(math.log2(cfg["em_scale"]))
+    n_up = cfg["depth"] - k
+    if cfg.get("stem", "blocks") == "patch":
+        head = (f"U-Net with a {cfg['em_scale']}×{cfg['em_scale']}-px stride-{cfg['em_scale']} "
+                f"patch embedding of the EM onto the FM grid, {n_up} further contractions")
+    else:
+        head = f"U-Net with {cfg['depth']} contractions at EM resolution"
+    return (f"{head} and {n_up} expansions to FM resolution (2 conv3x3+BN+ReLU per level, "
+            "max-pool, bilinear upsampling, skip connections)")
 
 
 def n_parameters(model: nn.Module) -> int:

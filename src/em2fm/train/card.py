@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..unet import n_parameters
+from ..unet import describe, n_parameters
 from .data import Normalisation
 
 
@@ -41,10 +40,7 @@ def model_card(meta: dict, model: torch.nn.Module, norm: Normalisation, summary:
     return {
         "architecture": {
             "name": type(model).__name__,
-            "description": (f"U-Net with {cfg['depth']} contractions at EM resolution and "
-                            f"{cfg['depth'] - round(math.log2(cfg['em_scale']))} expansions "
-                            "to FM resolution (2 conv3x3+BN+ReLU per level, max-pool, "
-                            "bilinear upsampling, skip connections)"),
+            "description": describe(cfg),
             **cfg,
         },
         "n_parameters": n_parameters(model),

@@ -356,7 +356,8 @@ def run(tiles_npz: list[str], ingest_json: str, unet: dict, settings: dict, tile
     """Train from the rule's inputs (channels read from one ingest JSON)."""
     params = TrainParams(**settings, seed=seed)
     tile_size = int(tiles["tile_size"])
-    margin = resolve_margin(tiles.get("margin"), int(unet["depth"]), int(tiles["em_scale"]))
+    margin = resolve_margin(tiles.get("margin"), int(unet["depth"]), int(tiles["em_scale"]),
+                            unet.get("stem", "blocks"))
     channels = [{k: c[k] for k in ("name", "excitation_nm", "emission_nm")}
                 for c in io.read_json(ingest_json)["fm"]["channels"]]
     return train(tiles_npz, unet, params, tile_size, margin, channels, model_path,

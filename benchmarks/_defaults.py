@@ -1,0 +1,29 @@
+"""The defaults of config.yaml that benchmarks measure: one source of truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config() -> dict:
+    """config.yaml as a dict."""
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def network() -> dict:
+    """The ``model`` section of config.yaml without ``path``: UNetConfig keyword arguments."""
+    return {k: v for k, v in config()["model"].items() if k != "path"}
+
+
+def tile_size() -> int:
+    """``tiles.tile_size`` (target px)."""
+    return int(config()["tiles"]["tile_size"])
+
+
+def em_scale() -> int:
+    """``tiles.em_scale`` (EM work px per target px)."""
+    return int(config()["tiles"]["em_scale"])
