@@ -5,6 +5,8 @@
 Each case is timed several times (median); ratios compare cases measured in the same
 process on the same machine, so they are meaningful on a shared, noisy machine where
 absolute times are not. CPU only unless a GPU is present (then training also on CUDA).
+Prediction speed is measured by ``benchmarks/inference.py speed`` (against the naive tiler
+and the symmetric U-Net baseline).
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _defaults
 
 from em2fm.geometry import ImageGeometry
-from em2fm.predict import predict_work, set_threads
+from em2fm.predict import set_threads
 from em2fm.register import RegistrationParams, register_images
 from em2fm.unet import UNetConfig, build
+
+DEFAULT = {**_defaults.network(), "em_scale": _defaults.em_scale()}
 
 
 def timeit(fn: Callable[[], object], repeats: int) -> float:
@@ -49,10 +56,13 @@ def report(title: str, rows: list[tuple[str, float, str]]) -> None:
 def train_steps(repeats: int, device: torch.device) -> None:
     rows = []
     for name, cfg, batch, size in [
-        ("default: base 16, depth 4, em_scale 4, b8", UNetConfig(), 8, 40),
-        ("base 8", UNetConfig(base_channels=8), 8, 40),
-        ("base 32", UNetConfig(base_channels=32), 8, 40),
-        ("em_scale 8, depth 5 (4× more EM pixels)", UNetConfig(depth=5, em_scale=8), 8, 40),
+        ("default (config.yaml), b8", UNetConfig(**DEFAULT), 8, 40),
+        ("base ×2", UNetConfig(**{**DEFAULT, "base_channels": 2 * DEFAULT["base_channels"]}),
+         8, 40),
+        ("stem blocks, base 16 (the design until Dec 2026)",
+         UNetConfig(**{**DEFAULT, "stem": "blocks", "base_channels": 16}), 8, 40),
+        ("em_scale 8, depth 5 (4× more EM pixels)",
+         UNetConfig(**{**DEFAULT, "depth": 5, "em_scale": 8}), 8, 40),
     ]:
         net = build(cfg).to(device)
         opt = torch.optim.AdamW(net.parameters())
@@ -68,19 +78,6 @@ def train_steps(repeats: int, device: torch.device) -> None:
 
         rows.append((name, timeit(step, repeats), "per training step"))
     report(f"Training step ({device})", rows)
-
-
-def prediction(repeats: int) -> None:
-    net = build(UNetConfig()).eval()
-    em = np.random.default_rng(0).normal(size=(960, 960)).astype(np.float32)
-    rows = []
-    for name, window, tta in [("default: window 128, TTA", 128, True),
-                              ("window 128, no TTA", 128, False),
-                              ("window 64, no TTA", 64, False),
-                              ("window 240 (whole section), no TTA", 240, False)]:
-        rows.append((name, timeit(lambda w=window, t=tta: predict_work(net, em, 4, w, t),
-                                  repeats), "per 240×240 target px section"))
-    report("Whole-section prediction (CPU)", rows)
 
 
 def registration(repeats: int) -> None:
@@ -109,7 +106,6 @@ def main() -> None:
     train_steps(repeats, torch.device("cpu"))
     if torch.cuda.is_available():
         train_steps(repeats, torch.device("cuda"))
-    prediction(repeats)
     registration(repeats)
 
 
