@@ -79,3 +79,77 @@ def test_percentile_normalisation_equals_the_in_memory_one(em_npz, monkeypatch, 
     assert not np.allclose(got, prepare_em(em, g, grid), atol=1e-3)  # not the z-score
     with pytest.raises(ValueError, match="zscore or percentile"):
         PreparedEM(open_array(path, "em"), g, grid, normalisation="minmax")
+
+
+# -- TIFF planes read region by region (the SEM of an Odemis export) ---------------------------
+@pytest.mark.parametrize("layout", [{"tile": (64, 48)}, {"rowsperstrip": 40}])
+@pytest.mark.parametrize("compression", [None, "lzw"])
+def test_tiff_plane_regions_decode_only_what_they_touch(tmp_path, layout, compression):
+    import tifffile
+
+    from em2fm.lazy import TiffPlaneReader
+
+    em = (np.random.default_rng(1).normal(size=(300, 250)) * 100 + 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "p.tif", np.zeros((4, 4), np.uint8))  # page 0: something else
+    tifffile.imwrite(tmp_path / "p.tif", em, append=True, compression=compression, **layout)
+    r = TiffPlaneReader(tmp_path / "p.tif", 1)
+    assert r.shape == em.shape
+    for reg in [(0, 300, 0, 250), (10, 270, 30, 200), (63, 65, 47, 49), (299, 300, 249, 250),
+                (5, 5, 0, 3)]:
+        r.max_decoded = 0
+        np.testing.assert_array_equal(r.read(*reg), em[reg[0]:reg[1], reg[2]:reg[3]])
+    r.max_decoded = 0
+    r.read(100, 110, 100, 110)
+    assert r.max_decoded <= (64 * 48 if "tile" in layout else 40 * 250) * 2  # one segment
+    r.close()
+
+
+def test_the_odemis_sem_page_is_read_by_region(odemis_sample):
+    import tifffile
+
+    from em2fm.lazy import open_plane
+    from em2fm.odemis import read_file
+
+    sem = read_file(odemis_sample, load_pixels=False).images[1]
+    r = open_plane(sem, 0)
+    whole = tifffile.imread(odemis_sample, key=sem.ifds[0])
+    np.testing.assert_array_equal(r.read(1000, 1100, 7, 2048), whole[1000:1100, 7:])
+    np.testing.assert_array_equal(r.read(0, 2048, 0, 2048), whole)
+    # Odemis wrote this plane as one LZW strip: it is decoded once and kept, not per region
+    assert r.bytes_read == r._page.databytecounts[0]
+
+
+def test_ingest_streams_a_tiled_sem(tmp_path, monkeypatch):
+    """A tiled SEM page is written to the npz band by band: never decoded whole."""
+    from em2fm import ingest
+    from em2fm.lazy import TiffPlaneReader
+    from em2fm.odemis import Channel, OdemisImage, write_file
+
+    rng = np.random.default_rng(3)
+    em = (rng.normal(size=(1024, 768)) * 100 + 1000).astype(np.uint16)
+    image = OdemisImage(name="SEM", data=em[None], channels=[Channel("SE")],
+                        shape_cyx=(1, *em.shape), dtype="uint16", pixel_size_m=(5e-9, 5e-9),
+                        centre_m=(0.0, 0.0))
+    write_file(tmp_path / "raw" / "a.ome.tiff", [image], thumbnail=False)
+    import tifffile  # re-tile the SEM page as a pyramidal Odemis export stores it
+
+    with tifffile.TiffFile(tmp_path / "raw" / "a.ome.tiff") as t:
+        desc = t.pages[0].description
+    (tmp_path / "raw" / "a.ome.tiff").unlink()
+    tifffile.imwrite(tmp_path / "raw" / "a.ome.tiff", em, tile=(128, 128), compression="lzw",
+                     description=desc.encode(), metadata=None)
+    readers = []
+    real_init = TiffPlaneReader.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        readers.append(self)
+
+    monkeypatch.setattr(TiffPlaneReader, "__init__", spy)
+    monkeypatch.setattr(ingest, "BAND_PX", 128 * 768)  # 128-row bands
+    monkeypatch.setattr(ingest, "BLOCK_COLS", 256)
+    r = ingest.run(tmp_path / "raw", "S", [], {}, 20, None, tmp_path / "S.json",
+                   tmp_path / "S.npz", role="predict")
+    np.testing.assert_array_equal(np.load(tmp_path / "S.npz")["em"], em)
+    assert r.em.data is None and len(readers) == 1
+    assert readers[0].max_decoded <= em.nbytes / 8  # one block of 128 × 256 px at a time

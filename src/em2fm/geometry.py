@@ -193,6 +193,15 @@ def smooth_resample(
     return out.astype(np.float32), to_input
 
 
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Indices reflected into ``[0, n)`` like ``np.pad(mode='reflect')`` (edge not repeated)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - idx, idx)
+
+
 def geometry_from_meta(meta: dict) -> ImageGeometry:
     """ImageGeometry of an ingested image's JSON metadata (``fm`` or ``em`` of ingest)."""
     shape = meta["shape"][-2:]

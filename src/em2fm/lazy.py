@@ -5,6 +5,12 @@
   ingest's ``{section}.npz``) with positioned reads: no memory map (whose resident pages
   would count in RSS), nothing but the region in memory. :func:`open_array` opens
   either.
+- :class:`TiffPlaneReader` reads regions of one page (plane) of a TIFF file, such as the
+  SEM image of an Odemis OME-TIFF: only the strips or tiles the region touches are read
+  and decoded (LZW through imagecodecs, as tifffile does), the last few kept in a small
+  cache. :func:`open_plane` opens the plane of one channel of an
+  :class:`em2fm.odemis.OdemisImage`. A page written as a single strip (Odemis's
+  non-pyramidal exports) can only be decoded whole: then that one plane is the bound.
 - :class:`PreparedEM` is the lazy counterpart of :func:`em2fm.tiles.prepare_em`: the EM
   smoothed and resampled to the work grid and z-scored, computed for a region on demand
   (with a halo for the anti-aliasing Gaussian, so that it equals the whole-image result);
@@ -20,14 +26,18 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import tifffile
 from scipy import ndimage
 
-from .geometry import ImageGeometry
-from .inference import reflect_index
-from .tiles import TargetGrid
+from .geometry import ImageGeometry, reflect_index
+
+if TYPE_CHECKING:  # tiles imports this module (torch-free: ingest, tiles and register use it)
+    from .tiles import TargetGrid
 
 
 class RawRegionReader:
@@ -78,6 +88,110 @@ class RawRegionReader:
         self.bytes_read += n
         self.max_read = max(self.max_read, n)
         return out
+
+
+class TiffPlaneReader:
+    """Regions of one 2-D page of a TIFF file, decoding only the segments they touch.
+
+    Attributes:
+        shape: (rows, cols) in px.
+        bytes_read: encoded bytes read so far (for tests and benchmarks).
+        max_decoded: the largest amount decoded for one region, in bytes.
+    """
+
+    CACHE_BYTES = 32 << 20  # decoded segments kept (the most recent always)
+
+    def __init__(self, path: str | Path, page: int) -> None:
+        self.path = Path(path)
+        self._tif = tifffile.TiffFile(self.path)
+        self._page = self._tif.pages[page]
+        p = self._page
+        if p.samplesperpixel != 1 or p.imagedepth != 1 or len(p.shaped) != 5 or (
+                p.shaped[0] != 1):
+            self.close()
+            raise ValueError(f"{self.path}: page {page} is not a single-channel 2-D plane "
+                             f"(shape {p.shape})")
+        self.shape = (int(p.imagelength), int(p.imagewidth))
+        self.dtype = np.dtype(p.dtype)
+        if p.is_tiled:
+            self._seg = (int(p.tilelength), int(p.tilewidth))
+        else:
+            self._seg = (int(min(p.rowsperstrip, self.shape[0])), self.shape[1])
+        self._ncols = -(-self.shape[1] // self._seg[1])
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.bytes_read = 0
+        self.max_decoded = 0
+
+    def close(self) -> None:
+        """Close the file."""
+        self._tif.close()
+
+    def _segment(self, index: int) -> np.ndarray:
+        """Decoded segment ``index`` (rows, cols of its own size, cropped to the image)."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        p = self._page
+        offset, count = p.dataoffsets[index], p.databytecounts[index]
+        fh = self._tif.filehandle
+        if count:
+            with fh.lock:
+                fh.seek(offset)
+                data = fh.read(count)
+            self.bytes_read += len(data)
+        else:
+            data = None
+        try:
+            seg, pos, shape = p.decode(data, index)
+        except (ValueError, NotImplementedError) as exc:
+            raise ValueError(f"{self.path}: cannot decode segment {index} of page "
+                             f"{p.index} ({exc}); install the 'imagecodecs' package "
+                             "(needed for LZW-compressed pages)") from exc
+        r0, c0 = pos[2], pos[3]
+        h, w = min(shape[1], self.shape[0] - r0), min(shape[2], self.shape[1] - c0)
+        if seg is None:
+            out = np.zeros((h, w), self.dtype)
+        else:
+            out = np.asarray(seg).reshape(seg.shape[-3], seg.shape[-2])[:h, :w]
+        self._cache[index] = out
+        while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > (
+                self.CACHE_BYTES):
+            self._cache.popitem(last=False)
+        return out
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """``plane[r0:r1, c0:c1]`` (inside the plane), as a new array."""
+        h, w = self.shape
+        if not (0 <= r0 <= r1 <= h and 0 <= c0 <= c1 <= w):
+            raise IndexError(f"region [{r0}:{r1}, {c0}:{c1}] outside {self.shape}")
+        out = np.empty((r1 - r0, c1 - c0), self.dtype)
+        sh, sw = self._seg
+        decoded = 0
+        for i in range(r0 // sh, -(-r1 // sh) if r1 > r0 else r0 // sh):
+            for j in range(c0 // sw, -(-c1 // sw) if c1 > c0 else c0 // sw):
+                seg = self._segment(i * self._ncols + j)
+                decoded += seg.nbytes
+                a, b = max(r0, i * sh), min(r1, (i + 1) * sh)
+                c, d = max(c0, j * sw), min(c1, (j + 1) * sw)
+                out[a - r0:b - r0, c - c0:d - c0] = seg[a - i * sh:b - i * sh,
+                                                        c - j * sw:d - j * sw]
+        self.max_decoded = max(self.max_decoded, decoded)
+        return out
+
+
+def open_plane(image, channel: int = 0) -> TiffPlaneReader:
+    """A lazy reader of one channel of an :class:`em2fm.odemis.OdemisImage` (its source page).
+
+    Raises:
+        ValueError: naming the file, when the page's shape differs from the OME-XML's.
+    """
+    reader = TiffPlaneReader(image.source, image.ifds[channel])
+    if reader.shape != tuple(image.shape_cyx[1:]):
+        reader.close()
+        raise ValueError(f"{image.source}: page {image.ifds[channel]} has shape "
+                         f"{reader.shape}, but the OME-XML says {tuple(image.shape_cyx[1:])}; "
+                         "the file was modified after acquisition: use the original export")
+    return reader
 
 
 def _npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
