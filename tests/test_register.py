@@ -339,3 +339,24 @@ def test_a_predict_section_is_not_registered_and_says_why(mini_run, tmp_path):
         run_multimodal(tmp_path / "S3.json", root / "ingest" / "S3.npz", None, {}, 0,
                        tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_lazily_read_em_registers_exactly_like_the_array(pair, monkeypatch):
+    """The fixed image smoothed block by block: the same transform, bit for bit."""
+    from em2fm import geometry
+
+    em, em_geom, fm, _, fm_meta = pair
+    monkeypatch.setattr(geometry, "REGION_BLOCK_PX", 96)
+
+    class Strict:  # refuses to read more than a quarter of the EM at once
+        shape = em.shape
+
+        def read(self, r0, r1, c0, c1):
+            assert (r1 - r0) * (c1 - c0) <= em.size // 4
+            return em[r0:r1, c0:c1]
+
+    params = RegistrationParams(pixel_size_nm=50)
+    a = register_images(em, em_geom, fm, fm_meta, params)
+    b = register_images(Strict(), em_geom, fm, fm_meta, params)
+    np.testing.assert_array_equal(a.fixed, b.fixed)
+    np.testing.assert_array_equal(a.fm_to_em_px, b.fm_to_em_px)

@@ -140,10 +140,11 @@ def npz_writer(path: str | os.PathLike) -> Iterator[NpzWriter]:
             writer.close()
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` file into memory."""
+def load_npz(path: str | os.PathLike, keys: tuple[str, ...] | None = None
+             ) -> dict[str, np.ndarray]:
+    """Load every array (or only ``keys``) of an ``.npz`` file into memory."""
     with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if keys is None or k in keys}
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..geometry import ImageGeometry, smooth_resample, warp
+from ..geometry import ImageGeometry, smooth_resample, smooth_resample_regions, warp
 from ..scalebar import add_scalebar
 
 QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)
@@ -19,9 +19,12 @@ def standardise(a: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
 
 
-def overlay_png(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
+def overlay_png(em, em_geometry: ImageGeometry, fm: np.ndarray,
                 transforms: dict[str, np.ndarray], path: str | Path, title: str) -> None:
-    """Write one panel per FM→EM px transform: EM magenta, FM green (white where both)."""
+    """Write one panel per FM→EM px transform: EM magenta, FM green (white where both).
+
+    ``em``: an array or a region reader (smoothed block by block, bounded memory).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +32,8 @@ def overlay_png(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
 
     em_px_nm = em_geometry.pixel_size_m[0] * 1e9
     factor = max(QC_PIXEL_NM / em_px_nm, 1.0)
-    fixed, fixed_to_em = smooth_resample(em, factor, sigma_px=0.5 * factor)
+    resample = smooth_resample if isinstance(em, np.ndarray) else smooth_resample_regions
+    fixed, fixed_to_em = resample(em, factor, sigma_px=0.5 * factor)
     fixed = standardise(fixed)
     n = len(transforms)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True,
