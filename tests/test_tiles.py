@@ -126,3 +126,14 @@ def test_tiles_written_band_by_band_equal_the_in_memory_tiles(tmp_path, rng, mon
     for key in ("fm", "mask", "tiles"):
         np.testing.assert_array_equal(got[key], ref[key])
     assert max(reads) < em.size / 4  # never the whole EM at once
+
+
+@pytest.mark.parametrize(("size", "stride"), [(1, 1), (3, 1), (8, 3), (16, 16)])
+def test_window_origins_on_the_stride_grid_match_brute_force(size, stride):
+    from scipy import ndimage
+
+    mask = ndimage.gaussian_filter(np.random.default_rng(size).normal(size=(70, 83)), 3) > -0.05
+    want = [[r, c] for r in range(0, 70 - size + 1, stride)
+            for c in range(0, 83 - size + 1, stride) if mask[r:r + size, c:c + size].all()]
+    got = window_origins(mask, size, stride)
+    assert got.dtype == np.int32 and got.tolist() == want

@@ -143,21 +143,40 @@ def warp(
 
     Returns:
         float32 array, NaN where the destination pixel centre falls outside the source.
+
+    The destination is computed in bands of :data:`WARP_BAND_PX` pixels, so that the
+    float64 coordinate grids never exist for the whole destination at once.
     """
     inv = np.linalg.inv(src_to_dst_px)
-    rows, cols = np.mgrid[0: out_shape_yx[0], 0: out_shape_yx[1]].astype(np.float64)
-    src = apply_affine(inv, np.stack([cols, rows], axis=-1))
-    coords = np.stack([src[..., 1], src[..., 0]])
     chans = image if image.ndim == 3 else image[None]
     sy, sx = chans.shape[-2:]
-    outside = ((coords[0] < -0.5) | (coords[0] > sy - 0.5)
-               | (coords[1] < -0.5) | (coords[1] > sx - 0.5))
-    out = np.empty((chans.shape[0], *out_shape_yx), dtype=np.float32)
+    h, w = out_shape_yx
+    out = np.empty((chans.shape[0], h, w), dtype=np.float32)
+    band = max(1, WARP_BAND_PX // max(w, 1))
+    as_f32 = chans.dtype == np.float32
     for c, ch in enumerate(chans):
-        out[c] = ndimage.map_coordinates(ch.astype(np.float32), coords, order=order,
-                                         mode="nearest")
-    out[:, outside] = np.nan
+        ch32 = ch if as_f32 else ch.astype(np.float32)
+        if order > 1:  # the spline coefficients once per channel, as map_coordinates does
+            pad = 12
+            coeffs = ndimage.spline_filter(np.pad(ch32, pad, mode="edge"), order,
+                                           output=np.float64, mode="nearest")
+        else:
+            pad, coeffs = 0, ch32
+        for r0 in range(0, h, band):
+            r1 = min(h, r0 + band)
+            rows, cols = np.mgrid[r0:r1, 0:w].astype(np.float64)
+            src = apply_affine(inv, np.stack([cols, rows], axis=-1))
+            coords = np.stack([src[..., 1], src[..., 0]])
+            outside = ((coords[0] < -0.5) | (coords[0] > sy - 0.5)
+                       | (coords[1] < -0.5) | (coords[1] > sx - 0.5))
+            block = ndimage.map_coordinates(coeffs, coords + pad, order=order,
+                                            mode="nearest", prefilter=False)
+            block[outside] = np.nan
+            out[c, r0:r1] = block
     return out if image.ndim == 3 else out[0]
+
+
+WARP_BAND_PX = 1 << 20  # destination px per band of :func:`warp`
 
 
 def smooth_resample(

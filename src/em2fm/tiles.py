@@ -162,11 +162,11 @@ def window_origins(mask: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
     if mask.shape[0] < size or mask.shape[1] < size:
         return np.zeros((0, 2), np.int32)
     sat = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sums = sat[size:, size:] - sat[:-size, size:] - sat[size:, :-size] + sat[:-size, :-size]
-    full = sums == size * size
-    grid = np.zeros_like(full)
-    grid[::stride, ::stride] = True
-    return np.argwhere(full & grid).astype(np.int32)
+    r = np.arange(0, mask.shape[0] - size + 1, stride)  # window sums on the stride grid only
+    c = np.arange(0, mask.shape[1] - size + 1, stride)
+    top, bottom = sat[r], sat[r + size]
+    sums = bottom[:, c + size] - top[:, c + size] - bottom[:, c] + top[:, c]
+    return (np.argwhere(sums == size * size) * stride).astype(np.int32)
 
 
 def make_tiles(ingest_meta: dict, arrays: dict, registration: dict,
