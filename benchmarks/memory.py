@@ -5,7 +5,8 @@
 - **chain**: for each size, a synthetic Odemis-like section (an n² px SEM OME-TIFF at 5 nm,
   tiled 256² and LZW-compressed, written tile by tile; a 2-channel FM OME-TIFF at 100 nm
   offset by a stage error; see :mod:`_synthetic`) goes through ``ingest``,
-  ``register`` (multimodal round 0, config defaults) and ``tiles`` (config defaults:
+  ``register`` (multimodal round 0, config defaults), ``register_final`` (the final
+  registration's QC overlay, which smooths the EM again) and ``tiles`` (config defaults:
   em_scale 4, the FM pixel as target), each stage in a fresh process (the package
   functions the rules' scripts call). Printed per stage: peak RSS (VmHWM), RSS right
   after the imports, and wall time; then the largest size's peak RSS over the smallest's.
@@ -30,7 +31,7 @@ from pathlib import Path
 from _synthetic import peak_rss_mib, write_odemis_section
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "register", "tiles")
+STAGES = ("ingest", "register", "register_final", "tiles")
 
 
 def _config() -> dict:
@@ -52,6 +53,13 @@ def chain_one(args: argparse.Namespace) -> None:
         ingest.run(d / "raw", "S", ["Hoechst", "Insulin"], dyes, 20, None, d / "ingest.json",
                    d / "ingest.npz", role="train")
         out = d / "ingest.npz"
+    elif args.stage == "register_final":  # the QC overlay reads the EM again
+        from em2fm import register
+
+        rss0, t = peak_rss_mib(), time.perf_counter()
+        register.run_final(d / "ingest.json", d / "ingest.npz", d / "register.json",
+                           d / "final.json", d / "final.png")
+        out = d / "final.png"
     elif args.stage == "register":
         from em2fm import register
 
