@@ -11,6 +11,7 @@ from em2fm.geometry import (
     ImageGeometry,
     apply_affine,
     em_field_fm_pixels,
+    geometry_from_meta,
     grid_points,
     moving_to_fixed_px,
 )
@@ -360,3 +361,26 @@ def test_a_lazily_read_em_registers_exactly_like_the_array(pair, monkeypatch):
     b = register_images(Strict(), em_geom, fm, fm_meta, params)
     np.testing.assert_array_equal(a.fixed, b.fixed)
     np.testing.assert_array_equal(a.fm_to_em_px, b.fm_to_em_px)
+
+
+def test_the_refine_rounds_prediction_from_the_lazy_em_equals_the_in_memory_one(mini_run):
+    """predict_for_registration on the npz read region by region = the whole-array path."""
+    import torch
+
+    from em2fm.lazy import open_array
+    from em2fm.predict import load_model, predict_work, section_grid
+    from em2fm.register.steps import predict_for_registration
+    from em2fm.tiles import normalise_em, prepare_em
+
+    root = mini_run["root"]
+    meta = io.read_json(root / "ingest" / "S3.json")
+    model, ckpt = load_model(root / "model" / "model.pt", torch.device("cpu"))
+    reader = open_array(root / "ingest" / "S3.npz", "em")
+    lazy, m = predict_for_registration(reader, meta, model, ckpt, None)
+    em = io.load_npz(root / "ingest" / "S3.npz")["em"]
+    grid = section_grid(meta, ckpt, None)
+    work = normalise_em(prepare_em(em, geometry_from_meta(meta["em"]), grid),
+                        ckpt.get("em_normalisation", "zscore"))
+    whole, _ = predict_work(model, work, int(ckpt["margin"]), window=64)
+    np.testing.assert_allclose(lazy, whole, atol=1e-4)  # streamed mean/std: float rounding
+    np.testing.assert_array_equal(m, grid.target_to_em_px)
