@@ -10,7 +10,9 @@ from .. import io
 from ..geometry import ImageGeometry, smooth_resample, smooth_resample_regions, warp
 from ..scalebar import add_scalebar
 
-QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)
+QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)…
+QC_MAX_PX = 1024  # …or coarser, so that no panel exceeds this many px a side (the PNG
+# shows ~300 px per panel): memory and file size stop growing with the section
 
 
 def standardise(a: np.ndarray) -> np.ndarray:
@@ -31,7 +33,8 @@ def overlay_png(em, em_geometry: ImageGeometry, fm: np.ndarray,
     import matplotlib.pyplot as plt
 
     em_px_nm = em_geometry.pixel_size_m[0] * 1e9
-    factor = max(QC_PIXEL_NM / em_px_nm, 1.0)
+    factor = max(QC_PIXEL_NM / em_px_nm, 1.0,
+                 max(em_geometry.shape_yx) / QC_MAX_PX)
     resample = smooth_resample if isinstance(em, np.ndarray) else smooth_resample_regions
     fixed, fixed_to_em = resample(em, factor, sigma_px=0.5 * factor)
     fixed = standardise(fixed)
