@@ -14,7 +14,8 @@
 - :class:`PreparedEM` is the lazy counterpart of :func:`em2fm.tiles.prepare_em`: the EM
   smoothed and resampled to the work grid and z-scored, computed for a region on demand
   (with a halo for the anti-aliasing Gaussian, so that it equals the whole-image result);
-  the section mean and std come from one streaming pass. It is an
+  the section mean and std come from two streaming passes that add in numpy's order, so
+  the result is :func:`em2fm.tiles.prepare_em`'s bit for bit. It is an
   :class:`em2fm.inference.EMSource`.
 
 Peak memory is one window's EM (plus halo) and one band of statistics, whatever the
@@ -234,14 +235,16 @@ def open_array(path: str | Path, key: str | None = None) -> RawRegionReader:
 
 
 PERCENTILE_SAMPLES = 4_000_000  # work px sampled for the percentile normalisation
+LEAF = 1 << 20  # work px per leaf of the streamed pairwise sums (at most)
 
 
 class PreparedEM:
     """The EM on a target grid's work grid, z-scored, computed region by region.
 
-    Equals :func:`em2fm.tiles.prepare_em` of the whole image (up to float rounding):
-    the same Gaussian anti-aliasing (σ = 0.5·factor EM px, truncated at 3σ, nearest at
-    the image edges) and the same linear sampling, computed on the region plus a halo.
+    Equals :func:`em2fm.tiles.prepare_em` of the whole image bit for bit (z-score): the
+    same Gaussian anti-aliasing (σ = 0.5·factor EM px, truncated at 3σ, nearest at the
+    image edges) and the same linear sampling, computed on the region plus a halo, and the
+    mean and std summed in numpy's order (:meth:`_zscore_statistics`).
     """
 
     def __init__(self, reader, em_geometry: ImageGeometry, grid: TargetGrid,
@@ -299,16 +302,67 @@ class PreparedEM:
                     samples.append(block[(-r0) % step::step, (-c0) % step::step].ravel())
             lo, hi = np.percentile(np.concatenate(samples), EM_PERCENTILES)
             return (float(lo) + float(hi)) / 2, max((float(hi) - float(lo)) / 4, 1e-6)
-        total, total_sq, n = 0.0, 0.0, 0
-        for r0 in range(0, h, band_rows):  # blocks, so that memory does not grow with width
-            for c0 in range(0, w, 4 * band_rows):
-                block = self._raw(r0, min(h, r0 + band_rows), c0,
-                                  min(w, c0 + 4 * band_rows)).astype(np.float64)
-                total += float(block.sum())
-                total_sq += float((block * block).sum())
-                n += block.size
-        mean = total / n
-        return mean, math.sqrt(max(total_sq / n - mean * mean, 0.0))
+        return self._zscore_statistics(band_rows)
+
+    # -- z-score statistics exactly as numpy computes them on the whole work image --------
+    def _rows(self, r0: int, r1: int, band_rows: int) -> np.ndarray:
+        """Prepared work rows ``r0:r1`` (all columns), computed in blocks of columns."""
+        w = self.shape[1]
+        out = np.empty((r1 - r0, w), np.float32)
+        for c0 in range(0, w, 4 * band_rows):
+            c1 = min(w, c0 + 4 * band_rows)
+            out[:, c0:c1] = self._raw(r0, r1, c0, c1)
+        return out
+
+    def _zscore_statistics(self, band_rows: int) -> tuple[float, float]:
+        """``work.mean()`` and ``work.std()`` of :func:`em2fm.tiles.prepare_em`, bit for bit.
+
+        numpy sums float32 pairwise (blocks of 8, halves rounded down to multiples of 8)
+        over the flattened array when it is contiguous; a column-cropped view it sums in
+        buffered chunks of whole rows (``numpy.getbufsize()`` elements; each chunk
+        pairwise, chunks added in order). The same tree is walked here,
+        its leaves (at most ``LEAF`` px, consecutive) computed band by band: two streaming
+        passes (sum; squared deviations from the float32 mean) instead of one, so that the
+        work grid equals the in-memory one exactly.
+        """
+        h, w = self.shape
+        n = h * w
+        full_w = int(self.reader.shape[1] // self.factor)  # smooth_resample's width
+        cache: dict = {}
+
+        def flat(start: int, count: int, dev: np.float32 | None) -> np.ndarray:
+            r0, r1 = start // w, (start + count - 1) // w + 1
+            if cache.get("rows") != (r0, r1):
+                cache["rows"], cache["data"] = (r0, r1), self._rows(r0, r1, band_rows).ravel()
+            data = cache["data"][start - r0 * w: start - r0 * w + count]
+            if dev is not None:
+                data = np.square(np.subtract(data, dev))
+            return data
+
+        leaf = max(128, min(LEAF, band_rows * w))  # about band_rows rows per leaf
+
+        def pairwise(start: int, count: int, dev: np.float32 | None) -> np.float32:
+            if count <= leaf:
+                return np.add.reduce(flat(start, count, dev))
+            half = count // 2
+            half -= half % 8
+            return np.float32(pairwise(start, half, dev) + pairwise(start + half, count - half,
+                                                                     dev))
+
+        if full_w == w:  # prepare_em's work image is contiguous: one pairwise tree
+            total = pairwise(0, n, None)
+        else:  # a column-cropped view: numpy's buffered reduction, chunks of whole rows
+            chunk = max(1, np.getbufsize() // w)  # (8192 elements) each summed pairwise
+            step = max(chunk, band_rows // chunk * chunk)
+            total = np.float32(0.0)
+            for r0 in range(0, h, step):
+                rows = self._rows(r0, min(h, r0 + step), band_rows)
+                for k in range(0, len(rows), chunk):
+                    total = np.float32(total + np.add.reduce(rows[k:k + chunk].ravel()))
+        mean = np.float32(np.float64(total) / n)
+        cache.clear()
+        var = np.float32(np.float64(pairwise(0, n, mean)) / n)  # x - mean: a new, contiguous array
+        return float(mean), float(np.sqrt(var))
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1``, columns ``c0:c1`` (work px), z-scored, reflected beyond the image."""
