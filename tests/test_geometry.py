@@ -81,3 +81,53 @@ def test_geometry_from_meta():
                             "centre_m": [1.0, 2.0], "rotation_rad": 0.5})
     assert g.shape_yx == (30, 40)
     assert g.rotation_rad == 0.5
+
+
+class _StrictReader:
+    """An image read region by region; refuses regions larger than ``max_px``."""
+
+    def __init__(self, array, max_px):
+        self.array, self.shape, self.max_px, self.px_read = array, array.shape, max_px, 0
+
+    def read(self, r0, r1, c0, c1):
+        n = (r1 - r0) * (c1 - c0)
+        assert n <= self.max_px, f"region of {n} px asked"
+        self.px_read += n
+        return self.array[r0:r1, c0:c1].copy()
+
+
+@pytest.mark.parametrize(("factor", "sigma"), [(20.0, 10.0), (20.0, None), (4.0, 0.0),
+                                               (3.7, None), (1.0, 0.0), (1.3, None)])
+def test_smooth_resample_by_blocks_equals_the_whole_image(factor, sigma):
+    from em2fm.geometry import smooth_resample_regions
+
+    em = (np.random.default_rng(0).normal(size=(700, 611)) * 100 + 1000).astype(np.uint16)
+    whole, m = smooth_resample(em, factor, sigma)
+    reader = _StrictReader(em, max_px=em.size // 4)
+    blocks, m2 = smooth_resample_regions(reader, factor, sigma, block_px=128)
+    np.testing.assert_array_equal(blocks, whole)  # bit for bit
+    np.testing.assert_array_equal(m, m2)
+    assert reader.px_read < 3 * em.size  # halos: at most twice more than the image
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_warp_by_bands_equals_the_whole_destination(order, monkeypatch):
+    """Banded warp (coefficients once per channel) = one map_coordinates call, bit for bit."""
+    from scipy import ndimage
+
+    from em2fm import geometry
+
+    rng = np.random.default_rng(0)
+    img = (rng.normal(size=(2, 150, 170)) * 100 + 500).astype(np.uint16)
+    m = np.array([[1.07, 0.05, -3.3], [-0.04, 0.98, 5.1], [0, 0, 1]])
+    rows, cols = np.mgrid[0:160, 0:140].astype(np.float64)
+    src = apply_affine(np.linalg.inv(m), np.stack([cols, rows], axis=-1))
+    coords = np.stack([src[..., 1], src[..., 0]])
+    outside = ((coords[0] < -0.5) | (coords[0] > 149.5) | (coords[1] < -0.5)
+               | (coords[1] > 169.5))
+    ref = np.stack([ndimage.map_coordinates(ch.astype(np.float32), coords, order=order,
+                                            mode="nearest") for ch in img])
+    ref[:, outside] = np.nan
+    monkeypatch.setattr(geometry, "WARP_BAND_PX", 1000)  # 7 rows per band
+    np.testing.assert_array_equal(warp(img, m, (160, 140), order=order), ref)
+    np.testing.assert_array_equal(warp(img[1], m, (160, 140), order=order), ref[1])

@@ -62,7 +62,7 @@ def test_per_stream_variant(tmp_path, rng):
     assert r.variant == "per-stream"
     assert len(r.files) == 3
     np.testing.assert_array_equal(r.fm.data[0], images[0].data[0])
-    np.testing.assert_array_equal(r.em.data[0], images[1].data[0])
+    np.testing.assert_array_equal(r.em_array(), images[1].data[0])
 
 
 def test_write_outputs(tmp_path, rng):
@@ -175,16 +175,19 @@ def test_non_square_pixels(tmp_path, rng):
 
 
 def test_predict_section_does_not_decode_fm_only_files(tmp_path, rng, monkeypatch):
-    write_per_stream(tmp_path, "S7", _images(rng))
-    calls = []
-    real = ingest.read_file
+    from em2fm.lazy import TiffPlaneReader
 
-    def spy(path, load_pixels=True):
-        calls.append((Path(path).name, load_pixels))
-        return real(path, load_pixels)
+    images = _images(rng)
+    write_per_stream(tmp_path, "S7", images)
+    decoded = []
+    real = TiffPlaneReader._segment
 
-    monkeypatch.setattr(ingest, "read_file", spy)
+    def spy(self, index):
+        decoded.append(self.path.name)
+        return real(self, index)
+
+    monkeypatch.setattr(TiffPlaneReader, "_segment", spy)
     r = ingest_section(tmp_path, "S1", DYES, read_fm=False)
-    assert r.fm is None and r.em.data is not None
-    decoded = [name for name, pixels in calls if pixels]
-    assert len(decoded) == 1 and "Secondary" in decoded[0], calls
+    assert r.fm is None and r.em.data is None  # headers only; the SEM is read lazily
+    np.testing.assert_array_equal(r.em_array(), images[1].data[0])
+    assert decoded and all("Secondary" in name for name in decoded), decoded

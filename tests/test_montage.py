@@ -95,9 +95,36 @@ def test_a_simulated_montage_section_is_ingested_stitched(tmp_path):
     truth = io.read_json(tmp_path / "tiled" / "t.json")["em_montage"]
     assert len(truth["tiles"]) == 9 and (tmp_path / "tiled" / "raw" / "EM-grid").is_dir()
     assert tiled.em.shape_cyx == gui.em.shape_cyx
-    np.testing.assert_array_equal(tiled.em.data, gui.em.data)  # every tile where it belongs
+    np.testing.assert_array_equal(tiled.em_array(), gui.em_array())  # every tile where it belongs
     # placed by the tiles' stage positions on average (50 nm errors, 9 tiles)
     assert np.hypot(*np.subtract(tiled.em.centre_m, gui.em.centre_m)) < 60e-9
     meta = io.read_json(tmp_path / "tiled" / "i.json")
     assert meta["montage"]["n_tiles"] == 9 and meta["montage"]["max_residual_px"] < 1.0
     assert all(s["residual_px"] < 1.0 for s in meta["montage"]["seams"] if s["used"])
+
+
+def test_a_montage_written_band_by_band_equals_the_whole_image_assembly(tmp_path, monkeypatch):
+    """The streamed mosaic (holes filled with the covered mean) is the in-memory result."""
+    from em2fm import ingest, io
+    from em2fm.montage import FilledMosaic, covered_fraction, covered_mean
+
+    world = _texture((400, 500), 5) * 3000 + 20000
+    origins = [(0, 0), (0, 230), (190, 10), (200, 260)]  # a hole between the four tiles
+    tiles = [ArrayReader(world[r:r + 200, c:c + 240].astype(np.uint16)) for r, c in origins]
+    mosaic = Mosaic(tiles, np.array(origins, float))
+    whole = mosaic.read(0, mosaic.shape[0], 0, mosaic.shape[1])  # the former assembly
+    holes = ~np.isfinite(whole)
+    assert holes.any()
+    whole[holes] = float(np.nanmean(whole))
+    expected = np.clip(np.round(whole), 0, 65535).astype(np.uint16)
+    frac = 1 - covered_fraction(mosaic.shape, mosaic.origins, [t.shape for t in tiles])
+    assert frac == pytest.approx(holes.mean(), abs=1e-12)
+    filled = FilledMosaic(mosaic, "uint16", covered_mean(mosaic, band_px=3000))
+    monkeypatch.setattr(ingest, "BAND_PX", 37 * mosaic.shape[1])
+    monkeypatch.setattr(ingest, "BLOCK_COLS", 128)
+    with io.npz_writer(tmp_path / "m.npz") as w:
+        ingest.write_em(w, filled, "uint16")
+    got = np.load(tmp_path / "m.npz")["em"]
+    np.testing.assert_array_equal(got[~holes], expected[~holes])
+    # the fill: a float64 streamed mean instead of numpy's float32 one (rounding only)
+    assert np.abs(got[holes].astype(int) - expected[holes]).max() <= 1

@@ -11,6 +11,7 @@ from em2fm.geometry import (
     ImageGeometry,
     apply_affine,
     em_field_fm_pixels,
+    geometry_from_meta,
     grid_points,
     moving_to_fixed_px,
 )
@@ -339,3 +340,47 @@ def test_a_predict_section_is_not_registered_and_says_why(mini_run, tmp_path):
         run_multimodal(tmp_path / "S3.json", root / "ingest" / "S3.npz", None, {}, 0,
                        tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_lazily_read_em_registers_exactly_like_the_array(pair, monkeypatch):
+    """The fixed image smoothed block by block: the same transform, bit for bit."""
+    from em2fm import geometry
+
+    em, em_geom, fm, _, fm_meta = pair
+    monkeypatch.setattr(geometry, "REGION_BLOCK_PX", 96)
+
+    class Strict:  # refuses to read more than a quarter of the EM at once
+        shape = em.shape
+
+        def read(self, r0, r1, c0, c1):
+            assert (r1 - r0) * (c1 - c0) <= em.size // 4
+            return em[r0:r1, c0:c1]
+
+    params = RegistrationParams(pixel_size_nm=50)
+    a = register_images(em, em_geom, fm, fm_meta, params)
+    b = register_images(Strict(), em_geom, fm, fm_meta, params)
+    np.testing.assert_array_equal(a.fixed, b.fixed)
+    np.testing.assert_array_equal(a.fm_to_em_px, b.fm_to_em_px)
+
+
+def test_the_refine_rounds_prediction_from_the_lazy_em_equals_the_in_memory_one(mini_run):
+    """predict_for_registration on the npz read region by region = the whole-array path."""
+    import torch
+
+    from em2fm.lazy import open_array
+    from em2fm.predict import load_model, predict_work, section_grid
+    from em2fm.register.steps import predict_for_registration
+    from em2fm.tiles import normalise_em, prepare_em
+
+    root = mini_run["root"]
+    meta = io.read_json(root / "ingest" / "S3.json")
+    model, ckpt = load_model(root / "model" / "model.pt", torch.device("cpu"))
+    reader = open_array(root / "ingest" / "S3.npz", "em")
+    lazy, m = predict_for_registration(reader, meta, model, ckpt, None)
+    em = io.load_npz(root / "ingest" / "S3.npz")["em"]
+    grid = section_grid(meta, ckpt, None)
+    work = normalise_em(prepare_em(em, geometry_from_meta(meta["em"]), grid),
+                        ckpt.get("em_normalisation", "zscore"))
+    whole, _ = predict_work(model, work, int(ckpt["margin"]), window=64)
+    np.testing.assert_array_equal(lazy, whole)  # bit for bit
+    np.testing.assert_array_equal(m, grid.target_to_em_px)

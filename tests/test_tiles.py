@@ -87,3 +87,53 @@ def test_reference_section_sets_every_sections_grid(mini_run, tmp_path):
     assert abs(meta["target_pixel_size_m"] - 80e-9) < 1e-15
     meta = tiles.run(*args, tmp_path / "b.npz", tmp_path / "b.json")
     assert abs(meta["target_pixel_size_m"] - 100e-9) < 1e-15  # its own FM pixel
+
+
+def test_tiles_written_band_by_band_equal_the_in_memory_tiles(tmp_path, rng, monkeypatch):
+    """tiles.run reads the EM lazily and writes the work grid in bands: same arrays."""
+    from em2fm import lazy
+
+    em = (rng.normal(size=(900, 800)) * 100 + 1000).astype(np.uint16)
+    fm = rng.normal(300, 20, (1, 100, 90)).astype(np.float32)
+    io.save_npz(tmp_path / "i.npz", em=em, fm=fm)
+    geom = {"pixel_size_m": [10e-9, 10e-9], "centre_m": [0.0, 0.0], "rotation_rad": 0.0,
+            "shear": 0.0}
+    meta = {"section": "S", "em": {**geom, "shape": [900, 800]},
+            "fm": {**geom, "shape": [1, 100, 90], "pixel_size_m": [100e-9, 100e-9],
+                   "channels": [{"name": "Hoechst"}]}}
+    io.write_json(tmp_path / "i.json", meta)
+    reg = {"fm_to_em_px": [[10.0, 0, 3.0], [0, 10.0, -7.0], [0, 0, 1]]}
+    io.write_json(tmp_path / "r.json", reg)
+    settings = {"em_scale": 4, "tile_size": 8}
+    ref, _ = tiles.make_tiles(meta, {"em": em, "fm": fm}, reg, tiles.TileParams(**settings))
+
+    reads = []
+    real = lazy.RawRegionReader.read
+
+    def spy(self, r0, r1, c0, c1):
+        reads.append((r1 - r0) * (c1 - c0))
+        return real(self, r0, r1, c0, c1)
+
+    monkeypatch.setattr(lazy.RawRegionReader, "read", spy)
+    monkeypatch.setattr(tiles, "WORK_BAND_ROWS", 48)
+    monkeypatch.setattr(tiles, "WORK_BLOCK_COLS", 100)
+    tiles.run(tmp_path / "i.json", tmp_path / "i.npz", tmp_path / "r.json", settings, "train",
+              tmp_path / "t.npz", tmp_path / "t.json")
+    got = io.load_npz(tmp_path / "t.npz")
+    assert list(got) == ["em", "fm", "mask", "tiles"]
+    assert got["em"].dtype == np.float32 and got["em"].shape == ref["em"].shape
+    np.testing.assert_array_equal(got["em"], ref["em"])  # bit for bit
+    for key in ("fm", "mask", "tiles"):
+        np.testing.assert_array_equal(got[key], ref[key])
+    assert max(reads) < em.size / 4  # never the whole EM at once
+
+
+@pytest.mark.parametrize(("size", "stride"), [(1, 1), (3, 1), (8, 3), (16, 16)])
+def test_window_origins_on_the_stride_grid_match_brute_force(size, stride):
+    from scipy import ndimage
+
+    mask = ndimage.gaussian_filter(np.random.default_rng(size).normal(size=(70, 83)), 3) > -0.05
+    want = [[r, c] for r in range(0, 70 - size + 1, stride)
+            for c in range(0, 83 - size + 1, stride) if mask[r:r + size, c:c + size].all()]
+    got = window_origins(mask, size, stride)
+    assert got.dtype == np.int32 and got.tolist() == want

@@ -143,21 +143,40 @@ def warp(
 
     Returns:
         float32 array, NaN where the destination pixel centre falls outside the source.
+
+    The destination is computed in bands of :data:`WARP_BAND_PX` pixels, so that the
+    float64 coordinate grids never exist for the whole destination at once.
     """
     inv = np.linalg.inv(src_to_dst_px)
-    rows, cols = np.mgrid[0: out_shape_yx[0], 0: out_shape_yx[1]].astype(np.float64)
-    src = apply_affine(inv, np.stack([cols, rows], axis=-1))
-    coords = np.stack([src[..., 1], src[..., 0]])
     chans = image if image.ndim == 3 else image[None]
     sy, sx = chans.shape[-2:]
-    outside = ((coords[0] < -0.5) | (coords[0] > sy - 0.5)
-               | (coords[1] < -0.5) | (coords[1] > sx - 0.5))
-    out = np.empty((chans.shape[0], *out_shape_yx), dtype=np.float32)
+    h, w = out_shape_yx
+    out = np.empty((chans.shape[0], h, w), dtype=np.float32)
+    band = max(1, WARP_BAND_PX // max(w, 1))
+    as_f32 = chans.dtype == np.float32
     for c, ch in enumerate(chans):
-        out[c] = ndimage.map_coordinates(ch.astype(np.float32), coords, order=order,
-                                         mode="nearest")
-    out[:, outside] = np.nan
+        ch32 = ch if as_f32 else ch.astype(np.float32)
+        if order > 1:  # the spline coefficients once per channel, as map_coordinates does
+            pad = 12
+            coeffs = ndimage.spline_filter(np.pad(ch32, pad, mode="edge"), order,
+                                           output=np.float64, mode="nearest")
+        else:
+            pad, coeffs = 0, ch32
+        for r0 in range(0, h, band):
+            r1 = min(h, r0 + band)
+            rows, cols = np.mgrid[r0:r1, 0:w].astype(np.float64)
+            src = apply_affine(inv, np.stack([cols, rows], axis=-1))
+            coords = np.stack([src[..., 1], src[..., 0]])
+            outside = ((coords[0] < -0.5) | (coords[0] > sy - 0.5)
+                       | (coords[1] < -0.5) | (coords[1] > sx - 0.5))
+            block = ndimage.map_coordinates(coeffs, coords + pad, order=order,
+                                            mode="nearest", prefilter=False)
+            block[outside] = np.nan
+            out[c, r0:r1] = block
     return out if image.ndim == 3 else out[0]
+
+
+WARP_BAND_PX = 1 << 20  # destination px per band of :func:`warp`
 
 
 def smooth_resample(
@@ -191,6 +210,65 @@ def smooth_resample(
     out = ndimage.map_coordinates(img, np.meshgrid(rows, cols, indexing="ij"), order=1,
                                   mode="nearest")
     return out.astype(np.float32), to_input
+
+
+REGION_BLOCK_PX = 1024  # input px per block edge of smooth_resample_regions
+
+
+def smooth_resample_regions(reader, factor: float, sigma_px: float | None = None,
+                            block_px: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`smooth_resample` of a large image read block by block (bounded memory).
+
+    ``reader`` has ``shape`` (rows, cols) and ``read(r0, r1, c0, c1)`` (an
+    :class:`em2fm.lazy.RawRegionReader`, a montage, …). Each block of output pixels is
+    computed from its input footprint (about ``block_px``² px) plus a halo of the Gaussian
+    radius + 2 px: the same float32 filter passes and linear sampling on the same values,
+    so the result equals the whole-image :func:`smooth_resample` bit for bit. Memory: one
+    block and the (small) output.
+    """
+    if sigma_px is None:
+        sigma_px = 0.5 * factor if factor > 1 else 0.0
+    h, w = reader.shape
+    shape = (int(h // factor), int(w // factor))
+    to_input = scale_matrix(factor)
+    out = np.empty(shape, np.float32)
+    block_px = block_px or REGION_BLOCK_PX
+    step = max(1, int(block_px // max(factor, 1.0)))  # output px per block edge
+    if factor == int(factor) and sigma_px == 0 and factor >= 1:
+        f = int(factor)
+        for i0 in range(0, shape[0], step):
+            i1 = min(shape[0], i0 + step)
+            for j0 in range(0, shape[1], step):
+                j1 = min(shape[1], j0 + step)
+                img = reader.read(i0 * f, i1 * f, j0 * f, j1 * f).astype(np.float32)
+                out[i0:i1, j0:j1] = img.reshape(i1 - i0, f, j1 - j0, f).mean((1, 3))
+        return out, to_input
+    halo = (int(3.0 * sigma_px + 0.5) if sigma_px > 0 else 0) + 2
+    all_rows = (np.arange(shape[0]) + 0.5) * factor - 0.5
+    all_cols = (np.arange(shape[1]) + 0.5) * factor - 0.5
+    for i0 in range(0, shape[0], step):
+        rows = all_rows[i0:i0 + step]
+        a = max(0, math.floor(rows[0]) - halo)
+        b = min(h, math.ceil(rows[-1]) + halo + 1)
+        for j0 in range(0, shape[1], step):
+            cols = all_cols[j0:j0 + step]
+            c = max(0, math.floor(cols[0]) - halo)
+            d = min(w, math.ceil(cols[-1]) + halo + 1)
+            img = np.asarray(reader.read(a, b, c, d)).astype(np.float32)
+            if sigma_px > 0:
+                img = ndimage.gaussian_filter(img, sigma_px, mode="nearest", truncate=3.0)
+            out[i0:i0 + len(rows), j0:j0 + len(cols)] = ndimage.map_coordinates(
+                img, np.meshgrid(rows - a, cols - c, indexing="ij"), order=1, mode="nearest")
+    return out, to_input
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Indices reflected into ``[0, n)`` like ``np.pad(mode='reflect')`` (edge not repeated)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - idx, idx)
 
 
 def geometry_from_meta(meta: dict) -> ImageGeometry:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .geometry import reflect_index
 from .receptive import context_margin, window_period
 
 log = logging.getLogger(__name__)
@@ -146,15 +147,6 @@ class EMSource(Protocol):
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1``, columns ``c0:c1`` (work px), reflected beyond the image."""
         ...
-
-
-def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
-    """Indices reflected into ``[0, n)`` like ``np.pad(mode='reflect')`` (edge not repeated)."""
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    idx = np.mod(idx, period)
-    return np.where(idx >= n, period - idx, idx)
 
 
 def read_reflected(array: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:

@@ -15,6 +15,12 @@ Output:
 - ``{section}.npz``: ``em`` (Y, X) and ``fm`` (C, Y, X) pixel arrays, the FM
   channels in configured order (no ``fm`` for an EM-only section).
 
+Bounded memory: the SEM is never in memory whole. Its page (or every montage tile's) is
+read region by region (:func:`em2fm.lazy.open_plane`: only the TIFF strips or tiles a
+region touches are decoded), montage seams are measured on the overlaps only, and the
+``em`` member of the npz is written band by band (:class:`em2fm.io.NpzWriter`). Only the
+configured FM channels are decoded (they are small).
+
 A ``predict`` section (role from the section sheet, or a folder without FM) is
 EM only: its FM, if any, is never used (a file holding FM only is not decoded;
 a GUI acquisition file is decoded whole, its FM ignored).
@@ -37,6 +43,7 @@ import numpy as np
 
 from . import io, montage
 from .geometry import apply_affine, moving_to_fixed_px
+from .lazy import open_plane
 from .odemis import Channel, ExportError, OdemisFile, OdemisImage, read_file
 from .sections import export_files
 
@@ -68,6 +75,7 @@ class IngestedSection:
     fm: OdemisImage | None  # channels in configured order, data (C, Y, X); None: EM only
     fm_sources: list[str]  # stream name of each FM channel in the export
     montage: dict | None = None  # stitching of EM-grid tiles (em2fm.montage), if any
+    em_reader: montage.RegionReader | None = None  # the SEM pixels, read region by region
     name: str | None = None  # the section folder's name (display), when it differs
     role: str | None = None  # train, val, test or predict
 
@@ -99,6 +107,12 @@ class IngestedSection:
             },
             **({"montage": self.montage} if self.montage is not None else {}),
         }
+
+    def em_array(self) -> np.ndarray:
+        """The whole SEM image (Y, X), read from its reader (small sections and tests)."""
+        assert self.em_reader is not None
+        h, w = self.em_reader.shape
+        return np.asarray(self.em_reader.read(0, h, 0, w))
 
 
 def _image_metadata(img: OdemisImage) -> dict:
@@ -191,11 +205,40 @@ def _match_channel(
     return hits[0]
 
 
+def fm_plane(img: OdemisImage, ci: int) -> np.ndarray:
+    """Channel ``ci`` of an FM image: from ``img.data`` when loaded, else decoded from its page.
+
+    Decoded planes are kept for the current :func:`ingest_section` call, so each FM
+    channel is decoded at most once and other channels (and the SEM) of a file never.
+    """
+    if img.data is not None:
+        return img.data[ci]
+    cache = _PLANES
+    key = (img.source, img.ifds[ci])
+    if key not in cache:
+        try:
+            reader = open_plane(img, ci)
+        except ValueError as exc:
+            raise ExportError(img.source, str(exc).split(": ", 1)[-1],
+                              "re-export the acquisition from Odemis") from exc
+        try:
+            cache[key] = reader.read(0, reader.shape[0], 0, reader.shape[1])
+        except ValueError as exc:
+            raise ExportError(img.source, f"cannot decode page {img.ifds[ci]} (channel "
+                              f"{ci}): {exc}", "install the 'imagecodecs' package (needed "
+                              "for LZW-compressed pages)") from exc
+        finally:
+            reader.close()
+    return cache[key]
+
+
+_PLANES: dict[tuple[str, int], np.ndarray] = {}  # FM planes decoded in this ingest
+
+
 def _same_channel(a: tuple[OdemisImage, int], b: tuple[OdemisImage, int]) -> bool:
     ia, ca = a
     ib, cb = b
-    return (ia.data is not None and ib.data is not None
-            and np.array_equal(ia.data[ca], ib.data[cb])
+    return (np.array_equal(fm_plane(ia, ca), fm_plane(ib, cb))
             and ia.centre_m == ib.centre_m)
 
 
@@ -283,12 +326,9 @@ def ingest_section(
         raise ExportError(folder, "no OME-TIFF export (*.ome.tiff) in the section folder",
                           "export the section's acquisitions from Odemis as OME-TIFF into "
                           "this folder")
-    if read_fm:
-        files = [read_file(p) for p in paths]
-    else:  # a file holding FM only is not even decoded
-        headers = [read_file(p, load_pixels=False) for p in paths]
-        files = [read_file(p) if any(not i.is_fluorescence for i in f.images) else f
-                 for p, f in zip(paths, headers, strict=True)]
+    _PLANES.clear()
+    # metadata only: the SEM is read region by region, the selected FM channels on demand
+    files = [read_file(p, load_pixels=False) for p in paths]
     warnings = [f"{Path(f.path).name}: {w}" for f in files for w in f.warnings]
     dialects = sorted({f.dialect for f in files})
     images = [img for f in files for img in f.images]
@@ -301,17 +341,22 @@ def ingest_section(
         if others:
             warnings.append(f"SEM images outside EM-grid/ not used ({others}): the EM-grid "
                             "montage is; set ingest.em_stream to use one of them instead")
-        em, stitched = montage.assemble(grid_tiles)
+        em, stitched, em_reader = montage.assemble(grid_tiles)
         warnings.extend(montage.doubts(stitched))
     else:
         em = _select_em([i for i in em_images if not montage.is_grid_tile(i)] or em_images,
                         em_stream, folder, warnings)
+        try:
+            em_reader = open_plane(em, 0)
+        except ValueError as exc:
+            raise ExportError(em.source, str(exc).split(": ", 1)[-1],
+                              "re-export the acquisition from Odemis") from exc
     _check_placement(em, "SEM")
     _check_square(em, "SEM", warnings)
     common = {"section": section, "variant": _variant(files),
               "dialect": dialects[0] if len(dialects) == 1 else "+".join(dialects),
               "files": [str(p) for p in paths], "warnings": warnings, "em": em,
-              "montage": stitched}
+              "montage": stitched, "em_reader": em_reader}
     if not read_fm:
         if fm_images:
             warnings.append("role predict: the FM in the exports is not read")
@@ -336,7 +381,7 @@ def ingest_section(
                 "rotation differ)",
                 "use FM channels of one acquisition (same stage position) for one section",
             )
-    data = np.stack([img.data[ci] for img, ci in selected])  # type: ignore[index]
+    data = np.stack([fm_plane(img, ci) for img, ci in selected])
     channels = [
         Channel(name=d.name, excitation_nm=img.channels[ci].excitation_nm,
                                emission_nm=img.channels[ci].emission_nm)
@@ -388,8 +433,7 @@ def _check_scales(fm: OdemisImage, em: OdemisImage) -> None:
 
 def _check_signal(img: OdemisImage, ci: int, name: str) -> None:
     """A configured FM channel must not be constant (all zero: not acquired or exported)."""
-    assert img.data is not None
-    plane = img.data[ci]
+    plane = fm_plane(img, ci)
     lo, hi = float(plane.min()), float(plane.max())
     if lo == hi:
         raise ExportError(
@@ -419,14 +463,38 @@ def _check_overlap(fm: OdemisImage, em: OdemisImage) -> None:
         )
 
 
+BAND_PX = 1 << 22  # EM px per band written to the npz (4 Mpx: 8 MiB of uint16)
+BLOCK_COLS = 4096  # EM columns read at a time within a band (montage: per-pixel buffers)
+
+
+def write_em(writer: io.NpzWriter, reader: montage.RegionReader, dtype: np.dtype | str,
+             band_px: int | None = None) -> None:
+    """Member ``em`` of ``writer`` from ``reader``, band by band (blocks of columns)."""
+    h, w = reader.shape
+    rows = max(1, (band_px or BAND_PX) // max(w, 1))
+    if rows >= 256:
+        rows -= rows % 256  # whole TIFF tiles/strips of 256 rows per band
+    with writer.member("em", (h, w), dtype) as write:
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            band = np.empty((r1 - r0, w), dtype)
+            for c0 in range(0, w, BLOCK_COLS):
+                c1 = min(w, c0 + BLOCK_COLS)
+                band[:, c0:c1] = reader.read(r0, r1, c0, c1)
+            write(band)
+
+
 def write_outputs(result: IngestedSection, json_path: str | Path, npz_path: str | Path) -> None:
-    """Write ``{section}.npz`` (em, fm pixels; em only without FM) and ``{section}.json``."""
-    assert result.em.data is not None
-    arrays = {"em": result.em.data[0]}
-    if result.fm is not None:
-        assert result.fm.data is not None
-        arrays["fm"] = result.fm.data
-    io.save_npz(npz_path, **arrays)
+    """Write ``{section}.npz`` (em, fm pixels; em only without FM) and ``{section}.json``.
+
+    The ``em`` member is streamed band by band from the section's reader.
+    """
+    assert result.em_reader is not None
+    with io.npz_writer(npz_path) as writer:
+        write_em(writer, result.em_reader, result.em.dtype)
+        if result.fm is not None:
+            assert result.fm.data is not None
+            writer.add("fm", result.fm.data)
     io.write_json(json_path, result.metadata())
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,80 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         np.savez(fh, **arrays)
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` file into memory."""
+class NpzWriter:
+    """An uncompressed ``.npz`` written member by member, a large member band by band.
+
+    The file is the one :func:`save_npz` writes (``numpy.savez``: ZIP_STORED members
+    ``name.npy``, zip64 forced), so :func:`load_npz`, ``numpy.load`` and
+    :func:`em2fm.lazy.open_array` read it alike; only one band of a member is ever in
+    memory. Use :func:`npz_writer`, which makes the file appear whole or not at all.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED,
+                                    allowZip64=True)
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        """Member ``name`` from a whole (small) array."""
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fid:
+            np.lib.format.write_array(fid, np.asanyarray(array), allow_pickle=False)
+
+    @contextlib.contextmanager
+    def member(self, name: str, shape: tuple[int, ...], dtype: np.dtype | str
+               ) -> Iterator[Any]:
+        """Member ``name`` of ``shape`` and ``dtype`` (C order), written in blocks.
+
+        Yields a function ``write(block)`` taking consecutive blocks of whole rows
+        (first axis) in order; all rows must be written before the block closes.
+        """
+        dtype = np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": tuple(int(n) for n in shape)}
+        row_shape = header["shape"][1:]
+        written = [0]
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fid:
+            try:
+                np.lib.format.write_array_header_1_0(fid, header)
+            except ValueError:  # header too large for version 1.0 (as numpy does)
+                np.lib.format.write_array_header_2_0(fid, header)
+
+            def write(block: np.ndarray) -> None:
+                block = np.asarray(block)
+                if block.shape[1:] != row_shape:
+                    raise ValueError(f"{self.path}: block {block.shape} does not fit the "
+                                     f"rows of {name!r} {header['shape']}")
+                if written[0] + block.shape[0] > header["shape"][0]:
+                    raise ValueError(f"{self.path}: more rows than {name!r} has")
+                fid.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+                written[0] += block.shape[0]
+
+            yield write
+            if written[0] != header["shape"][0]:
+                raise ValueError(f"{self.path}: {written[0]} of {header['shape'][0]} rows of "
+                                 f"{name!r} written")
+
+    def close(self) -> None:
+        """Write the zip directory."""
+        self._zip.close()
+
+
+@contextlib.contextmanager
+def npz_writer(path: str | os.PathLike) -> Iterator[NpzWriter]:
+    """An :class:`NpzWriter` on a temporary file renamed to ``path`` on success (atomic)."""
+    with atomic_path(path) as tmp:
+        writer = NpzWriter(tmp)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
+def load_npz(path: str | os.PathLike, keys: tuple[str, ...] | None = None
+             ) -> dict[str, np.ndarray]:
+    """Load every array (or only ``keys``) of an ``.npz`` file into memory."""
     with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if keys is None or k in keys}
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -306,20 +306,81 @@ def is_grid_tile(image: OdemisImage) -> bool:
     return EM_GRID_FOLDER in Path(image.source).parts
 
 
-def assemble(tiles: list[OdemisImage], min_ncc: float = 0.3,
-             max_residual_px: float = 2.0) -> tuple[OdemisImage, dict]:
-    """Stitch the ``EM-grid`` tiles of a section into one SEM image and its summary.
+def covered_fraction(shape: tuple[int, int], origins: np.ndarray,
+                     shapes: list[tuple[int, int]]) -> float:
+    """Fraction of a ``shape`` mosaic covered by tile rectangles (exact, without pixels)."""
+    rows = np.unique([0, shape[0], *[o[0] for o in origins],
+                      *[o[0] + s[0] for o, s in zip(origins, shapes, strict=True)]])
+    cols = np.unique([0, shape[1], *[o[1] for o in origins],
+                      *[o[1] + s[1] for o, s in zip(origins, shapes, strict=True)]])
+    cover = np.zeros((len(rows) - 1, len(cols) - 1), bool)
+    for o, (h, w) in zip(origins, shapes, strict=True):
+        a, b = np.searchsorted(rows, [o[0], o[0] + h])
+        c, d = np.searchsorted(cols, [o[1], o[1] + w])
+        cover[a:b, c:d] = True
+    area = np.diff(rows)[:, None] * np.diff(cols)[None, :]
+    return float((area * cover).sum() / (shape[0] * shape[1]))
 
-    The mosaic is placed on the stage by the tiles' recorded positions on average: its
-    origin is the mean over tiles of (recorded position − refined position), so stage
-    errors of single tiles cancel out and no tile is privileged.
+
+class FilledMosaic:
+    """A :class:`Mosaic` as the section's SEM image: holes filled, in the tiles' dtype.
+
+    ``fill`` (the mean of the covered pixels) replaces pixels no tile covers; integer
+    types are rounded and clipped, as one whole-image conversion would.
+    """
+
+    def __init__(self, mosaic: Mosaic, dtype: np.dtype | str, fill: float) -> None:
+        self.mosaic = mosaic
+        self.shape = mosaic.shape
+        self.dtype = np.dtype(dtype)
+        self.fill = fill
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Mosaic px ``[r0:r1, c0:c1]`` in the tiles' dtype."""
+        data = self.mosaic.read(r0, r1, c0, c1)
+        holes = ~np.isfinite(data)
+        if holes.any():
+            data[holes] = self.fill
+        if self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            data = np.clip(np.round(data), info.min, info.max)
+        return data.astype(self.dtype)
+
+
+def covered_mean(mosaic: Mosaic, band_px: int = 1 << 22) -> float:
+    """Mean of the mosaic's covered pixels, streamed block by block (float64 sums)."""
+    h, w = mosaic.shape
+    cols = min(w, 4096)
+    rows = max(1, band_px // cols)
+    total, n = 0.0, 0
+    for r0 in range(0, h, rows):
+        for c0 in range(0, w, cols):
+            block = mosaic.read(r0, min(h, r0 + rows), c0, min(w, c0 + cols))
+            ok = np.isfinite(block)
+            total += float(block[ok].sum(dtype=np.float64))
+            n += int(ok.sum())
+    return total / max(n, 1)
+
+
+def assemble(tiles: list[OdemisImage], min_ncc: float = 0.3, max_residual_px: float = 2.0
+             ) -> tuple[OdemisImage, dict, FilledMosaic]:
+    """Stitch the ``EM-grid`` tiles of a section into one lazy SEM image and its summary.
+
+    The tiles are read region by region from their files (:func:`em2fm.lazy.open_plane`):
+    seams from their overlaps only, the mosaic by :meth:`FilledMosaic.read`; the returned
+    image has no ``data``. The mosaic is placed on the stage by the tiles' recorded
+    positions on average: its origin is the mean over tiles of (recorded position −
+    refined position), so stage errors of single tiles cancel out and no tile is
+    privileged.
 
     Raises:
         ExportError: tiles differ in pixel size or rotation, or lack pixels/placement.
     """
+    from .lazy import open_plane
+
     ref = tiles[0]
     for t in tiles:
-        if t.data is None or t.pixel_size_m is None or t.centre_m is None:
+        if not t.ifds or t.pixel_size_m is None or t.centre_m is None:
             raise ExportError(t.source, "montage tile without pixels, pixel size or stage "
                               "position", "re-export the EM-grid tiles from Odemis")
         if (not np.allclose(t.pixel_size_m, ref.pixel_size_m, rtol=1e-6)
@@ -332,16 +393,20 @@ def assemble(tiles: list[OdemisImage], min_ncc: float = 0.3,
                           "export the tiles with the SEM scan rotation at 0")
     assert ref.pixel_size_m is not None
     px = float(ref.pixel_size_m[0])
-    readers: list[RegionReader] = [ArrayReader(t.data[0]) for t in tiles]  # type: ignore[index]
+    readers: list[RegionReader] = []
+    for t in tiles:
+        try:
+            readers.append(ArrayReader(t.data[0]) if t.data is not None else open_plane(t, 0))
+        except ValueError as exc:
+            raise ExportError(t.source, str(exc).split(": ", 1)[-1],
+                              "re-export the EM-grid tiles from Odemis") from exc
     shapes = [r.shape for r in readers]
     centres = [t.centre_m for t in tiles]
     nominal = nominal_positions(centres, px, shapes)  # type: ignore[arg-type]
     result = stitch(readers, nominal, min_ncc=min_ncc, max_residual_px=max_residual_px)
     mosaic = Mosaic(readers, result.positions)
-    data = mosaic.read(0, mosaic.shape[0], 0, mosaic.shape[1])
-    holes = ~np.isfinite(data)
-    if holes.any():
-        data[holes] = float(np.nanmean(data))
+    uncovered = 1.0 - covered_fraction(mosaic.shape, mosaic.origins, shapes)
+    fill = covered_mean(mosaic) if uncovered > 0 else 0.0
     # stage x of mosaic column 0, y of row 0 (pixel centres), averaged over tiles
     xs, ys = [], []
     for (cx, cy), o, (h, w) in zip(centres, mosaic.origins, shapes, strict=True):
@@ -352,13 +417,8 @@ def assemble(tiles: list[OdemisImage], min_ncc: float = 0.3,
     centre = (x0 + (wm - 1) / 2 * px, y0 - (hm - 1) / 2 * px)
     names = [Path(t.source).name for t in tiles]
     summary = result.summary(names)
-    summary.update(uncovered_fraction=float(holes.mean()), shape=[hm, wm],
-                   pixel_size_m=px)
-    dtype = np.dtype(ref.dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        data = np.clip(np.round(data), info.min, info.max)
+    summary.update(uncovered_fraction=uncovered, shape=[hm, wm], pixel_size_m=px)
     image = OdemisImage(**{**ref.__dict__, "name": f"SEM montage ({len(tiles)} tiles)",
-                           "data": data.astype(dtype)[None], "shape_cyx": (1, hm, wm),
-                           "centre_m": centre, "source": str(Path(ref.source).parent)})
-    return image, summary
+                           "data": None, "shape_cyx": (1, hm, wm), "centre_m": centre,
+                           "source": str(Path(ref.source).parent)})
+    return image, summary, FilledMosaic(mosaic, ref.dtype, fill)

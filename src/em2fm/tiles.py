@@ -13,6 +13,12 @@ Tile ``k`` with origin ``(row, col)`` (target px) pairs
 (``s`` = em_scale, ``T`` = tile_size). Tiles lie fully inside ``mask``, the
 area both modalities cover. Training may also draw other windows inside
 the mask; prediction covers the whole EM field.
+
+Bounded memory (:func:`run`): the raw EM is never loaded. It is read from the ingest npz
+region by region and prepared block by block (:class:`em2fm.lazy.PreparedEM`, the same
+anti-aliasing and sampling as :func:`prepare_em`, z-scored with streamed statistics), and
+the work-grid EM is written to the tiles npz band by band (:class:`em2fm.io.NpzWriter`).
+Only target-grid arrays (FM, mask) are held whole.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .geometry import (
     smooth_resample,
     warp,
 )
+from .lazy import PreparedEM, open_array
 from .odemis import Channel, OdemisImage
 from .pyramid import write_array
 
@@ -155,19 +162,27 @@ def window_origins(mask: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
     if mask.shape[0] < size or mask.shape[1] < size:
         return np.zeros((0, 2), np.int32)
     sat = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sums = sat[size:, size:] - sat[:-size, size:] - sat[size:, :-size] + sat[:-size, :-size]
-    full = sums == size * size
-    grid = np.zeros_like(full)
-    grid[::stride, ::stride] = True
-    return np.argwhere(full & grid).astype(np.int32)
+    r = np.arange(0, mask.shape[0] - size + 1, stride)  # window sums on the stride grid only
+    c = np.arange(0, mask.shape[1] - size + 1, stride)
+    top, bottom = sat[r], sat[r + size]
+    sums = bottom[:, c + size] - top[:, c + size] - bottom[:, c] + top[:, c]
+    return (np.argwhere(sums == size * size) * stride).astype(np.int32)
 
 
-def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: dict,
-               params: TileParams) -> tuple[dict[str, np.ndarray], dict]:
-    """Arrays (em, fm, mask, tiles) and metadata of one section's tiles."""
+def make_tiles(ingest_meta: dict, arrays: dict, registration: dict,
+               params: TileParams) -> tuple[dict, dict]:
+    """Arrays (em, fm, mask, tiles) and metadata of one section's tiles.
+
+    ``arrays["em"]``: the raw EM as an array (then ``em`` is :func:`prepare_em`'s array),
+    or a region reader such as :func:`em2fm.lazy.open_array` (then ``em`` is a
+    :class:`em2fm.lazy.PreparedEM`, computed region by region when read: bounded memory).
+    """
     em_geom = geometry_from_meta(ingest_meta["em"])
     grid = make_grid(em_geom, target_pixel_m(ingest_meta, params.pixel_size_nm), params.em_scale)
-    em = prepare_em(arrays["em"], em_geom, grid)
+    if isinstance(arrays["em"], np.ndarray):
+        em = prepare_em(arrays["em"], em_geom, grid)
+    else:
+        em = PreparedEM(arrays["em"], em_geom, grid, band_rows=WORK_BAND_ROWS)
     fm = registered_fm(arrays["fm"], np.asarray(registration["fm_to_em_px"]),
                        grid.target_to_em_px, grid.shape_yx)
     mask = np.all(np.isfinite(fm), axis=0)
@@ -189,6 +204,30 @@ def make_tiles(ingest_meta: dict, arrays: dict[str, np.ndarray], registration: d
         "use_for_training": bool(registration.get("use_for_training", True)),
     }
     return {"em": em, "fm": fm.astype(np.float32), "mask": mask, "tiles": tiles}, meta
+
+
+WORK_BAND_ROWS = 256  # work px rows per band (statistics and writing)
+WORK_BLOCK_COLS = 1024  # work px columns prepared at a time within a band
+
+
+def save_tiles_npz(path: str | Path, arrays: dict) -> None:
+    """The tiles npz: ``em`` written band by band when it is a lazy source, then the rest."""
+    em = arrays["em"]
+    with io.npz_writer(path) as writer:
+        if isinstance(em, np.ndarray):
+            writer.add("em", em)
+        else:
+            h, w = em.shape
+            with writer.member("em", (h, w), np.float32) as write:
+                for r0 in range(0, h, WORK_BAND_ROWS):
+                    r1 = min(h, r0 + WORK_BAND_ROWS)
+                    band = np.empty((r1 - r0, w), np.float32)
+                    for c0 in range(0, w, WORK_BLOCK_COLS):
+                        c1 = min(w, c0 + WORK_BLOCK_COLS)
+                        band[:, c0:c1] = em.read(r0, r1, c0, c1)
+                    write(band)
+        for key in ("fm", "mask", "tiles"):
+            writer.add(key, arrays[key])
 
 
 def fm_image(ingest_meta: dict, fm: np.ndarray, mask: np.ndarray, meta: dict) -> OdemisImage:
@@ -227,13 +266,14 @@ def run(ingest_json: str | Path, ingest_npz: str | Path, registration_json: str 
         params = TileParams(**{**settings,
                                "pixel_size_nm": target_pixel_m(ref, None) * 1e9})
     ingest_meta = io.read_json(ingest_json)
-    arrays, meta = make_tiles(ingest_meta, io.load_npz(ingest_npz),
-                              io.read_json(registration_json), params)
+    arrays = {"em": open_array(ingest_npz, "em"),  # read lazily: never whole
+              "fm": io.load_npz(ingest_npz, keys=("fm",))["fm"]}
+    arrays, meta = make_tiles(ingest_meta, arrays, io.read_json(registration_json), params)
     meta["split"] = split
     if meta["n_tiles"] == 0:
         log.warning("%s: no full %d px tile inside the FM/EM overlap (%.0f%% covered)",
                     meta["section"], params.tile_size, 100 * meta["mask_fraction"])
-    io.save_npz(npz_path, **arrays)
+    save_tiles_npz(npz_path, arrays)
     if fm_path is not None:
         write_array(fm_path, fm_image(ingest_meta, arrays["fm"], arrays["mask"], meta))
     io.write_json(json_path, meta)

@@ -40,7 +40,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from ..geometry import ImageGeometry, moving_to_fixed_px, smooth_resample
+from ..geometry import (
+    ImageGeometry,
+    moving_to_fixed_px,
+    smooth_resample,
+    smooth_resample_regions,
+)
 from .landscape import (
     CaptureRange,
     Landscape,
@@ -178,7 +183,7 @@ def _method(params: RegistrationParams) -> sitk.ImageRegistrationMethod:
 
 
 def register_images(
-    em: np.ndarray,
+    em,
     em_geometry: ImageGeometry,
     fm: np.ndarray,
     fm_geometry: ImageGeometry,
@@ -187,7 +192,9 @@ def register_images(
     """Register one FM channel (moving) to the EM image (fixed), inside the capture range.
 
     Args:
-        em: EM image (Y, X).
+        em: EM image (Y, X): an array, or a region reader (``shape``, ``read``) such as
+            :func:`em2fm.lazy.open_array` of the ingest npz, smoothed block by block
+            (bounded memory; the same fixed image bit for bit).
         em_geometry: EM stage placement from the export.
         fm: one FM channel (Y, X).
         fm_geometry: FM stage placement from the export.
@@ -201,7 +208,7 @@ def register_images(
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _register(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
+def _register(em, em_geometry: ImageGeometry, fm: np.ndarray,
               fm_geometry: ImageGeometry, params: RegistrationParams) -> RegistrationResult:
     t0 = time.perf_counter()
     em_px_nm = em_geometry.pixel_size_m[0] * 1e9
@@ -211,7 +218,10 @@ def _register(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
     # fixed: EM smoothed to about the FM resolution, sampled at the working pixel size
     factor = max(params.pixel_size_nm / em_px_nm, 1.0)
     sigma_em_px = 0.5 * min(fm_px_nm) / em_px_nm
-    fixed_np, fixed_to_em = smooth_resample(em, factor, sigma_px=sigma_em_px)
+    if isinstance(em, np.ndarray):
+        fixed_np, fixed_to_em = smooth_resample(em, factor, sigma_px=sigma_em_px)
+    else:
+        fixed_np, fixed_to_em = smooth_resample_regions(em, factor, sigma_px=sigma_em_px)
     fixed_np = standardise(fixed_np)
     moving_np = standardise(fm.astype(np.float32))
     work_nm = factor * em_px_nm

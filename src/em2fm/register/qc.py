@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..geometry import ImageGeometry, smooth_resample, warp
+from ..geometry import ImageGeometry, smooth_resample, smooth_resample_regions, warp
 from ..scalebar import add_scalebar
 
-QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)
+QC_PIXEL_NM = 100.0  # EM shown at this pixel size (smoothed to the FM resolution)…
+QC_MAX_PX = 1024  # …or coarser, so that no panel exceeds this many px a side (the PNG
+# shows ~300 px per panel): memory and file size stop growing with the section
 
 
 def standardise(a: np.ndarray) -> np.ndarray:
@@ -19,17 +21,22 @@ def standardise(a: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
 
 
-def overlay_png(em: np.ndarray, em_geometry: ImageGeometry, fm: np.ndarray,
+def overlay_png(em, em_geometry: ImageGeometry, fm: np.ndarray,
                 transforms: dict[str, np.ndarray], path: str | Path, title: str) -> None:
-    """Write one panel per FM→EM px transform: EM magenta, FM green (white where both)."""
+    """Write one panel per FM→EM px transform: EM magenta, FM green (white where both).
+
+    ``em``: an array or a region reader (smoothed block by block, bounded memory).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     em_px_nm = em_geometry.pixel_size_m[0] * 1e9
-    factor = max(QC_PIXEL_NM / em_px_nm, 1.0)
-    fixed, fixed_to_em = smooth_resample(em, factor, sigma_px=0.5 * factor)
+    factor = max(QC_PIXEL_NM / em_px_nm, 1.0,
+                 max(em_geometry.shape_yx) / QC_MAX_PX)
+    resample = smooth_resample if isinstance(em, np.ndarray) else smooth_resample_regions
+    fixed, fixed_to_em = resample(em, factor, sigma_px=0.5 * factor)
     fixed = standardise(fixed)
     n = len(transforms)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True,

@@ -6,6 +6,11 @@
 - final (:func:`run_final`, rule ``register_final``): the last round with the history of all
   rounds, the ``stop`` policy applied, and the QC overlay.
 
+Bounded memory: the EM is never loaded whole. It is read from the ingest npz region by
+region (:func:`em2fm.lazy.open_array`): smoothed to the registration pixel block by block
+(:func:`em2fm.geometry.smooth_resample_regions`), prepared window by window for the
+model's prediction (:class:`em2fm.lazy.PreparedEM`); only the FM member is loaded.
+
 Every round's JSON holds ``fm_to_em_px`` (3×3 row-major affine, FM px x=column,
 y=row, pixel centres at integers → EM px) *after* the policy for failed sections
 (the stage metadata replaces a failed estimate), ``status`` (ok, low_confidence,
@@ -22,6 +27,7 @@ import numpy as np
 
 from .. import io
 from ..geometry import em_field_fm_pixels, geometry_from_meta
+from ..lazy import PreparedEM, open_array
 from .landscape import CaptureRange, correction_summary, rms_difference_px
 from .multimodal import METRICS, RegistrationParams, register_images
 from .qc import overlay_png
@@ -97,10 +103,10 @@ def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str
             "there is no FM to register. Fix: ask for its prediction "
             f"(results/predictions/{meta['section']}.ome.tif), or give it the role train, "
             "val or test in the section sheet (its folder must hold its FM exports)")
-    arrays = io.load_npz(ingest_npz)
+    fm = io.load_npz(ingest_npz, keys=("fm",))["fm"]
     ci = _channel(meta, channel)
     em_geom = geometry_from_meta(meta["em"])
-    result = register_images(arrays["em"], em_geom, arrays["fm"][ci],
+    result = register_images(open_array(ingest_npz, "em"), em_geom, fm[ci],
                              geometry_from_meta(meta["fm"]), params)
     status, reasons = multimodal_status(result.bound_violations, result.warnings,
                                         result.landscape.second_peak_ratio, checks)
@@ -139,19 +145,25 @@ def run_multimodal(ingest_json: str | Path, ingest_npz: str | Path, channel: str
     return doc
 
 
-def predict_for_registration(em: np.ndarray, ingest_meta: dict, model, ckpt: dict,
+def predict_for_registration(em, ingest_meta: dict, model, ckpt: dict,
                              pixel_size_nm: float | None) -> tuple[np.ndarray, np.ndarray]:
     """The model's prediction from a section's EM (no TTA) and its target px → EM px affine.
 
-    Only the EM is read; the prediction's units do not matter to the NCC.
+    ``em``: the EM as an array or a region reader (:func:`em2fm.lazy.open_array`); it is
+    prepared window by window (:class:`em2fm.lazy.PreparedEM`), so only the prediction
+    (target grid) is held whole. Only the EM is read; the prediction's units do not matter
+    to the NCC.
     """
-    from ..predict import predict_work, section_grid
-    from ..tiles import normalise_em, prepare_em
+    from ..inference import InferenceSettings, model_margin, predict_array
+    from ..montage import ArrayReader
+    from ..predict import section_grid
 
     grid = section_grid(ingest_meta, ckpt, pixel_size_nm)
-    em_work = normalise_em(prepare_em(em, geometry_from_meta(ingest_meta["em"]), grid),
-                           ckpt.get("em_normalisation", "zscore"))
-    pred, _ = predict_work(model, em_work, int(ckpt["margin"]), window=64)
+    reader = ArrayReader(em) if isinstance(em, np.ndarray) else em
+    source = PreparedEM(reader, geometry_from_meta(ingest_meta["em"]), grid,
+                        normalisation=ckpt.get("em_normalisation", "zscore"))
+    pred, _ = predict_array(model, source, model_margin(model, int(ckpt["margin"])),
+                            InferenceSettings(window=64))
     return pred, grid.target_to_em_px
 
 
@@ -166,17 +178,17 @@ def run_refine(ingest_json: str | Path, ingest_npz: str | Path, previous_json: s
     capture = params_from_config(settings, 0).capture
     meta = io.read_json(ingest_json)
     prev = io.read_json(previous_json)
-    arrays = io.load_npz(ingest_npz)
+    fm = io.load_npz(ingest_npz, keys=("fm",))["fm"]
     em_geom = geometry_from_meta(meta["em"])
     set_threads(threads)
     dev = choose_device(device)
     model, ckpt = load_model(model_path, dev)
-    pred, target_to_em = predict_for_registration(arrays["em"], meta, model, ckpt,
-                                                  pixel_size_nm)
+    pred, target_to_em = predict_for_registration(open_array(ingest_npz, "em"), meta, model,
+                                                  ckpt, pixel_size_nm)
 
     metadata = np.asarray(prev["fm_to_em_px_metadata"])
     previous = np.asarray(prev["fm_to_em_px"])
-    result = refine_to_prediction(arrays["fm"], pred, target_to_em, previous,
+    result = refine_to_prediction(fm, pred, target_to_em, previous,
                                   metadata, em_geom.shape_yx, em_geom.pixel_size_m[0], capture)
     multimodal_est = np.asarray(prev["fm_to_em_px_multimodal"])
     mm_status = prev["rounds"][0]["status"]
@@ -238,13 +250,14 @@ def run_final(ingest_json: str | Path, ingest_npz: str | Path, last_json: str | 
             "set register.on_failure to exclude (leave the section out of training) or "
             "metadata (trust the stage metadata)")
     meta = io.read_json(ingest_json)
-    arrays = io.load_npz(ingest_npz)
+    fm = io.load_npz(ingest_npz, keys=("fm",))["fm"]
     ci = [c["name"] for c in meta["fm"]["channels"]].index(doc["channel"])
     transforms = {"stage metadata": np.asarray(doc["fm_to_em_px_metadata"]),
                   "multimodal": np.asarray(doc["fm_to_em_px_multimodal"])}
     if doc["round"] > 0:
         transforms[f"after round {doc['round']}"] = np.asarray(doc["fm_to_em_px"])
-    overlay_png(arrays["em"], geometry_from_meta(meta["em"]), arrays["fm"][ci], transforms,
+    overlay_png(open_array(ingest_npz, "em"), geometry_from_meta(meta["em"]), fm[ci],
+                transforms,
                 png_path, f"{doc['section']}: {doc['channel']} on EM — {doc['status']}")
     io.write_json(json_path, doc)
     return doc

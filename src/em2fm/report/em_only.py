@@ -14,30 +14,35 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
+from ..lazy import open_array
 from ..odemis import read_file
 from ..provenance import sha256
 from . import figures, tables
 from .page import esc, img
 
 
-def em_only_figure(name: str, em: np.ndarray, em_pixel_nm: float, pred: np.ndarray,
+def em_only_figure(name: str, em, em_pixel_nm: float, pred: np.ndarray,
                    pred_pixel_nm: float, channels: list[str], max_px: int = 600) -> str:
     """JPEG data URI: per channel, the EM, the prediction and the prediction (green) over it.
 
     Args:
         name: the section's display name.
-        em: the section's EM (Y, X), raw.
+        em: the section's EM (Y, X), raw: an array, or a region reader (bounded memory,
+            smoothed block by block: :func:`em2fm.geometry.smooth_resample_regions`).
         em_pixel_nm: its pixel size (nm).
         pred: prediction (C, H, W) on the target grid (anchored at the EM's top-left corner).
         pred_pixel_nm: the prediction's pixel size (nm).
         max_px: longest side drawn (target px; the figure is an overview).
     """
-    from ..geometry import smooth_resample
+    from ..geometry import smooth_resample, smooth_resample_regions
 
     plt = figures._plt()
     step = max(1, int(np.ceil(max(pred.shape[1:]) / max_px)))
     shown_nm = pred_pixel_nm * step
-    em_t, _ = smooth_resample(em.astype(np.float32), shown_nm / em_pixel_nm)
+    if isinstance(em, np.ndarray):
+        em_t, _ = smooth_resample(em.astype(np.float32), shown_nm / em_pixel_nm)
+    else:
+        em_t, _ = smooth_resample_regions(em, shown_nm / em_pixel_nm)
     p_all = pred[:, ::step, ::step]
     h, w = min(em_t.shape[0], p_all.shape[1]), min(em_t.shape[1], p_all.shape[2])
     em_n = figures._norm(em_t[:h, :w])
@@ -66,7 +71,7 @@ def em_only_sections_html(items: list[tuple[str, str | Path, str | Path, str | P
              "metadata.</p>"]
     for section, ingest_json, ingest_npz, prediction in items:
         meta = io.read_json(ingest_json)
-        em = io.load_npz(ingest_npz)["em"]
+        em = open_array(ingest_npz, "em")  # read region by region: never whole
         pred = read_file(prediction).images[0]
         assert pred.data is not None and pred.pixel_size_m is not None
         name = str(meta.get("name", section))
