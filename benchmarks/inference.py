@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _defaults
+from _synthetic import peak_rss_mib, texture
 
 from em2fm.inference import (
     InferenceSettings,
@@ -50,16 +50,6 @@ from em2fm.inference import (
 )
 from em2fm.predict import load_model
 from em2fm.unet import SymmetricUNet, UNetConfig, build, describe, n_parameters
-
-
-def texture(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """EM-like z-scored texture: noise smoothed at several scales (work px)."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros(shape, np.float32)
-    for sigma, amp in [(1, 0.5), (4, 1.0), (16, 1.5), (48, 1.0)]:
-        img += amp * ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma)
-    img -= img.mean()
-    return img / img.std()
 
 
 def border_ratio(pred: np.ndarray, origins_r: list[int], origins_c: list[int]) -> float:
@@ -153,20 +143,6 @@ def write_em(path: Path, n: int, seed: int = 0) -> None:
             band = np.roll(patch, tuple(rng.integers(0, 2048, 2)), axis=(0, 1))
             reps = -(-n // 2048)
             fh.write(np.ascontiguousarray(np.tile(band[:rows], (1, reps))[:, :n]).tobytes())
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process since it started (VmHWM; MiB).
-
-    Not ``getrusage().ru_maxrss``: that survives ``execve``, so a child would report the
-    high-water mark of the process it was forked from.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_one(args: argparse.Namespace) -> None:
