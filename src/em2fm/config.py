@@ -175,7 +175,7 @@ def check(config: dict) -> None:
                           f"Fix: set model.depth ≥ {scale.bit_length() - 1}")
     try:
         margin = resolve_margin(config["tiles"].get("margin"), depth, scale,
-                                config["model"].get("stem", "blocks"))
+                                config["model"]["stem"])
     except ValueError as err:
         raise ConfigError(str(err)) from None
     window = (int(config["tiles"]["tile_size"]) + 2 * margin) * scale

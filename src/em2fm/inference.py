@@ -131,8 +131,7 @@ def fuse_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 
 def model_margin(model: torch.nn.Module, trained_margin: int | None = None) -> int:
     """EM context (target px) for ``model``: its receptive field, or more if trained with more."""
-    need = context_margin(model.cfg.depth, model.cfg.em_scale,
-                          getattr(model.cfg, "stem", "blocks"))
+    need = context_margin(model.cfg.depth, model.cfg.em_scale, model.cfg.stem)
     if trained_margin is not None and int(trained_margin) < need:
         log.warning("the model was trained with %d target px of EM context, less than its "
                     "receptive field (%d): predicting with %d", trained_margin, need, need)

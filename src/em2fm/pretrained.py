@@ -105,10 +105,10 @@ def apply_settings(config: dict, card: dict) -> dict:
              "em_scale": card["em_scale"], "margin": card["margin"]}
     arch = card.get("architecture", {})
     if arch.get("depth") is not None:  # a model older than the computed context: raised to it
-        from .receptive import context_margin
+        from .receptive import DEFAULT_STEM, context_margin
 
         tiles["margin"] = max(int(card["margin"]), context_margin(
-            int(arch["depth"]), int(card["em_scale"]), arch.get("stem", "blocks")))
+            int(arch["depth"]), int(card["em_scale"]), arch.get("stem", DEFAULT_STEM)))
     if card.get("tile_size"):
         tiles["tile_size"] = int(card["tile_size"])
     return {"channels": names, "dyes": dyes, "tiles": tiles}

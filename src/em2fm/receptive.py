@@ -38,20 +38,23 @@ def _union(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return min(a[0], b[0]), max(a[1], b[1])
 
 
-def _first_level(em_scale: int, stem: str) -> int:
+DEFAULT_STEM = "blocks"  # the stem of models and settings written before model.stem existed
+
+
+def first_level(em_scale: int, stem: str) -> int:
     """First level with a block of 3×3 convolutions (see :class:`em2fm.unet.UNetConfig`)."""
     return round(math.log2(em_scale)) if stem == "patch" else 0
 
 
 def _encoder_back(level: int, iv: tuple[int, int], em_scale: int = 1,
-                  stem: str = "blocks") -> tuple[int, int]:
+                  stem: str = DEFAULT_STEM) -> tuple[int, int]:
     """EM px (level 0) needed by the interval ``iv`` of encoder block ``level``'s output.
 
     With the ``"patch"`` stem, level ``log2(em_scale)`` is reached from the EM by one
     ``em_scale``-px convolution of stride ``em_scale``: ``[lo, hi]`` needs
     ``[em_scale·lo, em_scale·hi + em_scale - 1]``.
     """
-    first = _first_level(em_scale, stem)
+    first = first_level(em_scale, stem)
     iv = _conv(iv)
     while level > first:
         iv = _conv(_pool_back(iv))
@@ -78,7 +81,7 @@ def _decoder_back(depth: int, levels: list[int], idx: int, iv: tuple[int, int],
 
 
 def input_interval(depth: int, em_scale: int, out_px: int,
-                   stem: str = "blocks") -> tuple[int, int]:
+                   stem: str = DEFAULT_STEM) -> tuple[int, int]:
     """EM input px ``[first, last]`` that output (target) pixel ``out_px`` depends on."""
     levels = _levels(depth, em_scale)
     iv = (out_px, out_px)
@@ -87,7 +90,7 @@ def input_interval(depth: int, em_scale: int, out_px: int,
     return _decoder_back(depth, levels, len(levels) - 1, iv, em_scale, stem)
 
 
-def receptive_radius_em(depth: int, em_scale: int, stem: str = "blocks") -> int:
+def receptive_radius_em(depth: int, em_scale: int, stem: str = DEFAULT_STEM) -> int:
     """Receptive-field reach (EM input px) beyond an output pixel's own ``em_scale`` block.
 
     The maximum over the output pixel's phase on the pooling grid and both sides.
@@ -104,7 +107,7 @@ def window_period(depth: int, em_scale: int) -> int:
     return max(1, 2**depth // em_scale)
 
 
-def context_margin(depth: int, em_scale: int, stem: str = "blocks") -> int:
+def context_margin(depth: int, em_scale: int, stem: str = DEFAULT_STEM) -> int:
     """EM context (target px) that covers the receptive field and keeps windows valid.
 
     The smallest ``m ≥ ⌈radius / em_scale⌉`` with ``2·m·em_scale`` a multiple of
@@ -118,7 +121,7 @@ def context_margin(depth: int, em_scale: int, stem: str = "blocks") -> int:
 
 
 def resolve_margin(setting: int | None, depth: int, em_scale: int,
-                   stem: str = "blocks") -> int:
+                   stem: str = DEFAULT_STEM) -> int:
     """The margin to use: ``setting`` (config ``tiles.margin``) or, when null, the computed one.
 
     Raises:

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .receptive import DEFAULT_STEM, first_level
+
 
 def encode(encoder: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
     """The contraction path: each block's output (2× max-pooled between blocks)."""
@@ -52,12 +54,12 @@ class UNetConfig:
     max_channels: int = 128
     depth: int = 4
     em_scale: int = 4
-    stem: str = "blocks"
+    stem: str = DEFAULT_STEM
 
     @property
     def first_level(self) -> int:
         """First encoder level with a block of 3×3 convolutions (0, or log2(em_scale))."""
-        return round(math.log2(self.em_scale)) if self.stem == "patch" else 0
+        return first_level(self.em_scale, self.stem)
 
     @property
     def n_up(self) -> int:
@@ -219,7 +221,7 @@ def describe(cfg: dict) -> str:
     """One sentence on an :class:`AsymmetricUNet` from its config dict (model card, report)."""
     k = round(math.log2(cfg["em_scale"]))
     n_up = cfg["depth"] - k
-    if cfg.get("stem", "blocks") == "patch":
+    if cfg.get("stem", DEFAULT_STEM) == "patch":
         head = (f"U-Net with a {cfg['em_scale']}×{cfg['em_scale']}-px stride-{cfg['em_scale']} "
                 f"patch embedding of the EM onto the FM grid, {n_up} further contractions")
     else:

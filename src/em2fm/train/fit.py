@@ -18,7 +18,7 @@ import torch
 from .. import io
 from ..inference import InferenceSettings, choose_device, predict_array, set_threads
 from ..metrics import pcc
-from ..receptive import resolve_margin
+from ..receptive import DEFAULT_STEM, resolve_margin
 from ..tiles import normalise_em
 from ..unet import UNetConfig, build, n_parameters
 from .card import model_card
@@ -357,7 +357,7 @@ def run(tiles_npz: list[str], ingest_json: str, unet: dict, settings: dict, tile
     params = TrainParams(**settings, seed=seed)
     tile_size = int(tiles["tile_size"])
     margin = resolve_margin(tiles.get("margin"), int(unet["depth"]), int(tiles["em_scale"]),
-                            unet.get("stem", "blocks"))
+                            unet.get("stem", DEFAULT_STEM))
     channels = [{k: c[k] for k in ("name", "excitation_nm", "emission_nm")}
                 for c in io.read_json(ingest_json)["fm"]["channels"]]
     return train(tiles_npz, unet, params, tile_size, margin, channels, model_path,
