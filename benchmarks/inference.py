@@ -28,6 +28,7 @@ The closing note of issue 8 was printed by:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ from em2fm.inference import (
     InferenceSettings,
     WindowedPredictor,
     fuse_batchnorm,
+    keep_freed_memory,
     model_margin,
     set_threads,
 )
@@ -214,10 +216,13 @@ def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Multiply-add FLOPs (×2) of the convolutions of one forward pass on ``x``."""
     total = [0.0]
 
-    def hook(mod: torch.nn.Module, _inp, out: torch.Tensor) -> None:
+    def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         k = mod.kernel_size[0] * mod.kernel_size[1]
-        cin = mod.in_channels
-        total[0] += 2.0 * cin * mod.out_channels * k * out.numel() / out.shape[1]
+        # a convolution does k multiply-adds per output px and channel pair; a transposed
+        # one per input px (its outputs are stride² as many)
+        x = inp[0] if isinstance(mod, torch.nn.ConvTranspose2d) else out
+        px = x.numel() / x.shape[1]
+        total[0] += 2.0 * mod.in_channels * mod.out_channels * k * px / mod.groups
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
@@ -241,10 +246,14 @@ def machine_conv_flops(repeats: int = 3) -> float:
     return best
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def _timed(fn, repeats: int = 1) -> float:
+    """The shortest of ``repeats`` wall-clock times of ``fn()`` (s)."""
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def baseline_model() -> torch.nn.Module:
@@ -265,6 +274,18 @@ def baseline_context(base: torch.nn.Module, window: int, contexts: list[int]) ->
                          .predict(em)[0], starts, starts) for c in contexts]
 
 
+def run_case(name: str, net: torch.nn.Module, margin: int, settings: InferenceSettings,
+             em: np.ndarray, repeats: int, flops) -> tuple[str, float, float]:
+    """``(name, EM Mpx/s, conv FLOP/s)`` of one windowed prediction of ``em``, best of
+    ``repeats`` after a warm-up."""
+    pred = WindowedPredictor(net, margin, settings)
+    s = net.cfg.em_scale
+    with torch.inference_mode():
+        pred.predict(em[: 128 * s, : 128 * s])  # warm-up
+        t = _timed(lambda: pred.predict(em), repeats)
+    return name, em.size / 1e6 / t, flops(net, pred) / t
+
+
 def speed(args: argparse.Namespace) -> None:
     model, trained_margin = _load(args.model)
     s = model.cfg.em_scale
@@ -280,13 +301,12 @@ def speed(args: argparse.Namespace) -> None:
     base = baseline_model()
     # the baseline's context: the least of these whose butted windows show no seams
     contexts = [8, 16, 32, 64]
-    ratios = baseline_context(base, args.baseline_window, contexts)
-    print("  baseline seams, window " + str(args.baseline_window) + " target px: "
+    ratios = baseline_context(base, args.baseline_windows[0], contexts)
+    print("  baseline seams, window " + str(args.baseline_windows[0]) + " target px: "
           + ", ".join(f"context {c}: {r:.3f}" for c, r in zip(contexts, ratios, strict=True)))
     b_ctx = next((c for c, r in zip(contexts, ratios, strict=True) if r <= 1.05), contexts[-1])
     print(f"  {'case':<62} {'EM Mpx/s':>9} {'× naive':>8} {'× base':>7} {'× base w':>8} "
           f"{'conv':>6}")
-    rows: list[tuple[str, float, float]] = []
 
     def window_flops(net: torch.nn.Module, pred: WindowedPredictor) -> float:
         size = (pred.window + 2 * pred.margin) * s
@@ -294,41 +314,44 @@ def speed(args: argparse.Namespace) -> None:
         count = len(range(0, n, pred.stride)) ** 2
         return per * count
 
-    cases = [("naive tiler: 4 px context, window 64, butted, batch 4", model, 4, 64, False,
-              True, 4)]
-    for window in args.windows:
-        cases.append((f"this: {m} px context, window {window}", model, m, window, False, True,
-                      None))
+    rows: list[tuple[str, float, float]] = []
+
     last = args.windows[-1]
-    cases.append((f"this, batch norm not folded: window {last}", model, m, last, False, False,
-                  None))
-    cases.append((f"this + TTA (8 flips/rotations): window {last}", model, m, last, True, True,
-                  None))
-    cases.append((f"baseline windowed: {b_ctx} px context (seam-free), window "
-                  f"{args.baseline_window}", base, b_ctx, args.baseline_window, False, True,
-                  None))
-    for name, net, margin, window, tta, fuse, batch in cases:
-        pred = WindowedPredictor(net, margin, InferenceSettings(
-            window=window, tta=tta, fuse=fuse, batch=batch))
-        with torch.inference_mode():
-            pred.predict(em[: 64 * s * 2, : 64 * s * 2])  # warm-up
-            t = _timed(lambda p=pred: p.predict(em))
-        rows.append((name, em_mpx / t, window_flops(net, pred) / t))
-    folded = fuse_batchnorm(base)  # the same folding, to be fair
-    x = torch.from_numpy(em[None, None].copy())
+    # first, before the allocator is tuned for the rest of the process: glibc's default
+    rows.append(run_case(f"this, glibc default allocator: window {last}", model, m,
+                         InferenceSettings(window=last), em, args.repeats, window_flops))
+    print(f"  (freed blocks kept for reuse from here on: {keep_freed_memory()})")
+    cases = [("naive tiler: 4 px context, window 64, butted, batch 4", model, 4,
+              InferenceSettings(window=64, batch=4))]
+    cases += [(f"this: {m} px context, window {window}", model, m,
+               InferenceSettings(window=window)) for window in args.windows]
+    cases.append((f"this, batch norm not folded: window {last}", model, m,
+                  InferenceSettings(window=last, fuse=False)))
+    cases.append((f"this + TTA (8 flips/rotations): window {last}", model, m,
+                  InferenceSettings(window=last, tta=True)))
+    cases += [(f"baseline windowed: {b_ctx} px context (seam-free), window {bw}", base, b_ctx,
+               InferenceSettings(window=bw)) for bw in args.baseline_windows]
+    rows += [run_case(name, net, margin, settings, em, args.repeats, window_flops)
+             for name, net, margin, settings in cases]
+    # the baseline windowed at its fastest window
+    windowed = max(r[1] for r in rows if r[0].startswith("baseline windowed"))
+    # the same folding and channels-last layout as the windowed predictor, to be fair
+    folded = fuse_batchnorm(base).to(memory_format=torch.channels_last)
+    x = torch.from_numpy(em[None, None].copy()).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         folded(x[..., :256, :256])
-        t = _timed(lambda: folded(x))
-    rows.append(("baseline: whole section in one pass (no windows), folded", em_mpx / t,
+        t = _timed(lambda: folded(x), args.repeats)
+    rows.append(("baseline: whole section in one pass (no windows), folded, NHWC", em_mpx / t,
                  conv_flops(folded, x) / t))
-    naive, baseline, windowed = rows[0][1], rows[-1][1], rows[-2][1]
+    rows = rows[1:] + rows[:1]  # the untuned row last, beside the rest
+    naive, baseline = rows[0][1], rows[-2][1]
     for name, mpx, flops in rows:
         print(f"  {name:<62} {mpx:9.3f} {mpx / naive:8.2f} {mpx / baseline:7.2f} "
               f"{mpx / windowed:8.2f} {flops / peak:6.0%}")
     print("  × base: / the baseline on the whole section at once (fits in memory only for "
           "small sections); × base w: / the baseline windowed as this predictor, with the "
-          "context it needs for no seams; conv = fraction of the measured conv throughput "
-          "reached (convolution FLOPs, context included, / time)")
+          "context it needs for no seams, at its fastest window; conv = fraction of the "
+          "measured conv throughput reached (convolution FLOPs, context included, / time)")
     if args.tiles and args.model:
         tta_benefit(model, m, args)
 
@@ -363,11 +386,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=192, help="seams: section, target px")
     parser.add_argument("--tta-size", type=int, default=64, help="seams: TTA section, px")
     parser.add_argument("--window", type=int, default=32, help="seams: window, target px")
-    parser.add_argument("--windows", type=int, nargs="+", default=[256, 512],
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="speed: best of this many timings per case")
+    parser.add_argument("--windows", type=int, nargs="+", default=[256, 512, 1024],
                         help="speed: windows of this predictor")
     parser.add_argument("--speed-size", type=int, default=1024, help="speed: target px")
-    parser.add_argument("--baseline-window", type=int, default=256,
-                        help="speed: the windowed baseline's window, target px")
+    parser.add_argument("--baseline-windows", type=int, nargs="+", default=[128, 256, 512],
+                        help="speed: the windowed baseline's windows, target px (its "
+                             "fastest is the reference)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768],
                         help="memory: EM edges (px)")
     parser.add_argument("--base-channels", type=int, default=4, help="memory: network width")
@@ -375,7 +401,8 @@ def main() -> None:
     parser.add_argument("--scratch", default=".tmp/bench", help="memory: scratch folder")
     parser.add_argument("--em", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    threads = set_threads(args.threads)
+    # speed times glibc's default allocator first, then keeps freed memory (all stages do)
+    threads = set_threads(args.threads, keep_memory=args.what != "speed")
     if args.what == "memory-one":
         memory_one(args)
         return

@@ -1,3 +1,5 @@
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from em2fm.inference import (
     amp_dtype,
     blend_weights,
     is_out_of_memory,
+    keep_freed_memory,
     predict_array,
     reflect_index,
 )
@@ -160,10 +163,10 @@ class OOMModel(PoolModel):
 def test_out_of_memory_halves_the_batch_and_goes_on():
     em = np.random.default_rng(0).normal(size=(4 * 40, 4 * 40)).astype(np.float32)
     ref, _ = predict_array(PoolModel(), em, 2, InferenceSettings(window=8, batch=16))
-    model = OOMModel(max_batch=3)
+    model = OOMModel(max_batch=3)  # the predictor runs a copy: pred.model
     pred = WindowedPredictor(model, 2, InferenceSettings(window=8, batch=16))
     out, _ = pred.predict(ArraySource(em))
-    assert pred.batch == 2 and max(model.calls[-3:]) <= 2
+    assert pred.batch == 2 and max(pred.model.calls[-3:]) <= 2
     np.testing.assert_array_equal(out, ref)
     with pytest.raises(RuntimeError, match="out of memory"):
         WindowedPredictor(OOMModel(max_batch=0), 2, InferenceSettings(window=8)).predict(em)
@@ -215,3 +218,23 @@ def test_fused_batchnorm_gives_the_same_prediction():
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
     assert fuse_batchnorm(net.train()) is net  # training mode: nothing folded
+
+
+def test_predictor_runs_a_channels_last_copy_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = build(UNetConfig(out_channels=2, base_channels=4, depth=4, em_scale=4)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    em = np.random.default_rng(1).normal(size=(4 * 96, 4 * 96)).astype(np.float32)
+    out, _ = WindowedPredictor(model, 26, InferenceSettings(window=32, fuse=False)).predict(em)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    x = torch.from_numpy(np.pad(em, 26 * 4, mode="reflect"))[None, None]
+    with torch.no_grad():
+        whole = model(x)[0, :, 26:-26, 26:-26].numpy()
+    np.testing.assert_allclose(out, whole, atol=1e-4)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_memory_is_kept_on_glibc():
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True  # idempotent

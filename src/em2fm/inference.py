@@ -29,6 +29,8 @@ band, whatever the section size; :meth:`WindowedPredictor.predict` collects them
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import itertools
 import logging
 import math
@@ -57,11 +59,53 @@ def choose_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def set_threads(threads: int) -> int:
-    """Use the granted threads, but not more than the CPUs this process may run on."""
+def set_threads(threads: int, keep_memory: bool = True) -> int:
+    """Use the granted threads, but not more than the CPUs this process may run on.
+
+    With ``keep_memory`` also keeps freed memory for reuse (:func:`keep_freed_memory`):
+    every stage that runs the network calls this first.
+    """
     n = max(1, min(int(threads), len(os.sched_getaffinity(0))))
     torch.set_num_threads(n)
+    if keep_memory:
+        keep_freed_memory()
     return n
+
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Blocks up to this size (bytes) come from the heap and are reused once freed.
+HEAP_BLOCK_MAX = 2**30
+_allocator_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc reuse freed blocks instead of returning them to the OS.
+
+    By default glibc serves blocks above 32 MiB with ``mmap`` and unmaps them on free,
+    and trims the heap top: every window's input and activations (tens of MiB) are then
+    page-faulted and zeroed again by the kernel, which costs about as much as the
+    convolutions (half the CPU time is system time). With blocks up to
+    :data:`HEAP_BLOCK_MAX` on the heap and no trimming, CPU inference at 512-px windows
+    runs about 2× faster (``benchmarks/inference.py speed``). Peak memory is unchanged:
+    the process keeps what it already used at its peak. Returns True when applied; on a
+    C library without ``mallopt`` (musl, macOS) it does nothing. Idempotent.
+    """
+    global _allocator_tuned
+    if _allocator_tuned is None:
+        _allocator_tuned = False
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+            mallopt = getattr(libc, "mallopt", None)
+            if mallopt is not None:
+                _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_MAX)
+                                        and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        except OSError:
+            pass
+        log.debug("heap reuse of freed blocks up to %d B: %s", HEAP_BLOCK_MAX,
+                  _allocator_tuned)
+    return _allocator_tuned
 
 
 def amp_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
@@ -240,7 +284,12 @@ class WindowedPredictor:
                  settings: InferenceSettings = InferenceSettings(),
                  device: torch.device | None = None) -> None:
         cfg = model.cfg
-        self.model = fuse_batchnorm(model) if settings.fuse else model
+        net = fuse_batchnorm(model) if settings.fuse else model
+        if net is model:  # the caller's model is not changed
+            net = copy.deepcopy(model)
+        # channels-last (NHWC) activations: oneDNN's native layout on CPUs (no reordering
+        # around every convolution, ~1.7× faster there) and tensor-core friendly on GPUs
+        self.model = net.to(memory_format=torch.channels_last)
         self.s = int(cfg.em_scale)
         self.multiple = int(cfg.multiple)
         self.out_channels = int(cfg.out_channels)
@@ -265,13 +314,13 @@ class WindowedPredictor:
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean and variance over the transforms of the cropped outputs (float32, CPU)."""
         m, w = self.margin, self.window
-        x = x.to(self.device, non_blocking=True)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type,
                                                     dtype=self.dtype or torch.float32,
                                                     enabled=self.dtype is not None):
             ys = [_invert(self.model(_apply(x, k, flip)), k, flip).float()[:, :, m: m + w,
                                                                               m: m + w]
-                  for k, flip in self.transforms]
+                  .contiguous() for k, flip in self.transforms]
         if len(ys) == 1:
             return ys[0].cpu(), None
         y = torch.stack(ys)
