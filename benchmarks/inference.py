@@ -28,6 +28,8 @@ The closing note of issue 8 was printed by:
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import math
 import sys
 import time
@@ -234,14 +236,16 @@ def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def machine_conv_flops(repeats: int = 3) -> float:
-    """This machine's float32 3×3 convolution throughput (FLOP/s): the best of a few shapes."""
+    """This machine's float32 3×3 convolution throughput (FLOP/s): the best of a few shapes,
+    in both memory layouts (NCHW, NHWC)."""
     best = 0.0
-    for ch, size in [(16, 768), (32, 512), (64, 256), (128, 128)]:
-        conv = torch.nn.Conv2d(ch, ch, 3, padding=1, bias=False)
-        x = torch.randn(1, ch, size, size)
+    for (ch, size), layout in itertools.product([(16, 768), (32, 512), (64, 256), (128, 128)],
+                                                [torch.contiguous_format, torch.channels_last]):
+        conv = torch.nn.Conv2d(ch, ch, 3, padding=1, bias=False).to(memory_format=layout)
+        x = torch.randn(1, ch, size, size).contiguous(memory_format=layout)
         with torch.inference_mode():
             conv(x)
-            t = min(_timed(lambda c=conv, x=x: c(x)) for _ in range(repeats))
+            t = _timed(lambda c=conv, x=x: c(x), repeats)
         best = max(best, 2.0 * ch * ch * 9 * size * size / t)
     return best
 
@@ -296,7 +300,7 @@ def speed(args: argparse.Namespace) -> None:
     peak = machine_conv_flops()
     print(f"\nSpeed: {n}² target px = {n * s}² EM (work) px, {torch.get_num_threads()} CPU "
           f"threads; measured conv throughput {peak / 1e9:.1f} GFLOP/s (float32 3×3, best of 4 "
-          f"shapes); this model: {describe(model.cfg.as_dict())}, "
+          f"shapes × 2 layouts); this model: {describe(model.cfg.as_dict())}, "
           f"{n_parameters(model) / 1e6:.2f} M parameters")
     base = baseline_model()
     # the baseline's context: the least of these whose butted windows show no seams
@@ -402,7 +406,7 @@ def main() -> None:
     parser.add_argument("--em", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # speed times glibc's default allocator first, then keeps freed memory (all stages do)
-    threads = set_threads(args.threads, keep_memory=args.what != "speed")
+    threads = set_threads(args.threads, keep_memory=args.what != "speed" and not os.environ.get("NOKEEP"))
     if args.what == "memory-one":
         memory_one(args)
         return

@@ -32,8 +32,13 @@ def test_compressed_npz_is_refused_by_name(tmp_path):
         open_array(tmp_path / "c.npz", "em")
 
 
-@pytest.mark.parametrize("em_px_nm", [4.86, 25.0, 10.0])
-def test_prepared_regions_equal_the_whole_image(em_npz, em_px_nm):
+@pytest.mark.parametrize(("em_px_nm", "strip_px"), [(4.86, 2**24), (25.0, 2**24),
+                                                    (10.0, 2**24), (4.86, 5000)])
+def test_prepared_regions_equal_the_whole_image(em_npz, em_px_nm, strip_px, monkeypatch):
+    """Also when a region is prepared in strips of rows (a few rows each at 5000 px)."""
+    from em2fm import lazy as lazy_mod
+
+    monkeypatch.setattr(lazy_mod, "RAW_STRIP_PX", strip_px)
     em, path = em_npz
     g = ImageGeometry(em.shape, (em_px_nm * 1e-9,) * 2, (0.0, 0.0))
     grid = make_grid(g, 100e-9, 4)
