@@ -27,3 +27,8 @@ def tile_size() -> int:
 def em_scale() -> int:
     """``tiles.em_scale`` (EM work px per target px)."""
     return int(config()["tiles"]["em_scale"])
+
+
+def predict_window() -> int:
+    """``predict.window`` (target px per inference window)."""
+    return int(config()["predict"]["window"])

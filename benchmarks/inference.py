@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import math
 import sys
 import time
@@ -160,7 +159,8 @@ def memory_one(args: argparse.Namespace) -> None:
     from em2fm.tiles import make_grid
 
     torch.manual_seed(0)
-    model = build(UNetConfig(base_channels=args.base_channels)).eval()
+    net = {**_defaults.network(), "base_channels": args.base_channels}
+    model = build(UNetConfig(em_scale=_defaults.em_scale(), **net)).eval()
     rss0 = peak_rss_mib()
     t = time.perf_counter()
     reader = open_array(args.em)
@@ -392,7 +392,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32, help="seams: window, target px")
     parser.add_argument("--repeats", type=int, default=3,
                         help="speed: best of this many timings per case")
-    parser.add_argument("--windows", type=int, nargs="+", default=[256, 512, 1024],
+    parser.add_argument("--windows", type=int, nargs="+",
+                        default=sorted({256, _defaults.predict_window(), 1024}),
                         help="speed: windows of this predictor")
     parser.add_argument("--speed-size", type=int, default=1024, help="speed: target px")
     parser.add_argument("--baseline-windows", type=int, nargs="+", default=[128, 256, 512],
@@ -400,13 +401,16 @@ def main() -> None:
                              "fastest is the reference)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768],
                         help="memory: EM edges (px)")
-    parser.add_argument("--base-channels", type=int, default=4, help="memory: network width")
-    parser.add_argument("--memory-window", type=int, default=128, help="memory: window, px")
+    parser.add_argument("--base-channels", type=int,
+                        default=_defaults.network()["base_channels"],
+                        help="memory: network width (default: config.yaml's)")
+    parser.add_argument("--memory-window", type=int, default=_defaults.predict_window(),
+                        help="memory: window, target px (default: config.yaml's predict.window)")
     parser.add_argument("--scratch", default=".tmp/bench", help="memory: scratch folder")
     parser.add_argument("--em", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # speed times glibc's default allocator first, then keeps freed memory (all stages do)
-    threads = set_threads(args.threads, keep_memory=args.what != "speed" and not os.environ.get("NOKEEP"))
+    threads = set_threads(args.threads, keep_memory=args.what != "speed")
     if args.what == "memory-one":
         memory_one(args)
         return
