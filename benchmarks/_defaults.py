@@ -32,3 +32,13 @@ def em_scale() -> int:
 def predict_window() -> int:
     """``predict.window`` (target px per inference window)."""
     return int(config()["predict"]["window"])
+
+
+#: ``train`` options of config.yaml that change the data the network sees
+DATA_OPTIONS = ("fm_normalisation", "em_normalisation", "window_sampling")
+
+
+def train_data_options() -> dict:
+    """config.yaml's ``train`` normalisation and window sampling (TrainParams keywords)."""
+    train = config()["train"]
+    return {k: train[k] for k in DATA_OPTIONS}

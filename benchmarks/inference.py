@@ -364,16 +364,19 @@ def tta_benefit(model: torch.nn.Module, margin: int, args: argparse.Namespace) -
     """PCC with and without TTA on a section's tiles (registered FM, inside the mask)."""
     from em2fm import io
     from em2fm.evaluate import pcc
+    from em2fm.tiles import normalise_em
 
     arrays = io.load_npz(args.tiles)
     mask = arrays["mask"].astype(bool)
+    em_norm = load_model(args.model, torch.device("cpu"))[1].get("em_normalisation", "zscore")
+    em = normalise_em(arrays["em"], em_norm)  # as the model was trained
     print(f"\nTTA on {args.tiles} ({int(mask.sum())} target px of registered FM), "
           f"model {args.model}: PCC per channel against the measured FM, and time")
     for tta in (False, True):
         pred = WindowedPredictor(model, margin, InferenceSettings(window=args.windows[-1],
                                                                   tta=tta))
         t = time.perf_counter()
-        mean, _ = pred.predict(arrays["em"])
+        mean, _ = pred.predict(em)
         dt = time.perf_counter() - t
         vals = [pcc(mean[c][mask], arrays["fm"][c][mask]) for c in range(mean.shape[0])]
         print(f"  TTA {'on ' if tta else 'off'}: PCC " + ", ".join(f"{v:.4f}" for v in vals)

@@ -17,7 +17,7 @@ Datasets are cached in ``.tmp/bench-training/`` (delete it to simulate again).
   model trained on each; PCC per channel on the test section against the measured FM and
   against the noise-free FM, and the noise ceiling.
 - ``options``: on the default data (per-section brightness CV 0.2), the default training
-  beside one option changed at a time (FM per-section normalisation, EM percentile
+  beside one option changed at a time (FM per-section normalisation, EM z-score
   normalisation, signal-weighted windows, shift-tolerant loss).
 - ``baseline``: at an equal budget of process CPU time (``time.process_time``, one
   thread, so load from other processes does not count), this model (AdamW, cosine
@@ -244,7 +244,7 @@ def part_ablation(args) -> None:
 OPTIONS = {
     "defaults": {},
     "fm_normalisation: section": {"fm_normalisation": "section"},
-    "em_normalisation: percentile": {"em_normalisation": "percentile"},
+    "em_normalisation: zscore (the default until Dec 2026)": {"em_normalisation": "zscore"},
     "window_sampling: signal": {"window_sampling": "signal"},
     "loss: shift_mse": {"loss": "shift_mse"},
 }
@@ -305,16 +305,24 @@ MODELS = {  # rows of the baseline comparison: this model's architectures, then 
 def _setup(kind: str, folder: Path, steps_hint: int):
     import torch
 
+    from em2fm.tiles import normalise_em
     from em2fm.train import WindowSampler, load_sections, normalisation
     from em2fm.unet import SymmetricUNet, UNetConfig, build
 
     torch.manual_seed(42)
     unet = MODELS[kind]
     margin = _margin(unet) if unet else 8
+    # this model: config.yaml's normalisation and sampling; the baseline: the usual ones
+    opts = _defaults.train_data_options() if unet else {
+        "fm_normalisation": "global", "em_normalisation": "zscore", "window_sampling": "uniform"}
     sections = load_sections(_tiles(folder), TILE)
-    norm = normalisation(sections)
+    for s in sections:
+        s.em = normalise_em(s.em, opts["em_normalisation"])
+    norm = normalisation(sections, opts["fm_normalisation"], opts["em_normalisation"])
     train_s = [s for s in sections if s.split == "train"]
-    sampler = WindowSampler(train_s, TILE, margin, 4, norm.mean, norm.std, 42)
+    sampler = WindowSampler(train_s, TILE, margin, 4, norm.mean, norm.std, 42,
+                            targets=[norm.target(s) for s in train_s],
+                            sampling=opts["window_sampling"])
     if unet:
         model = build(UNetConfig(out_channels=2, em_scale=4, **unet))
         opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -340,9 +348,9 @@ def _baseline_run(kind: str, folder: Path, args) -> dict:
         model(x).mean().backward()
     per_step = (time.process_time() - t0) / 3
     steps_hint = max(10, int(budget / per_step))
-    model, opt, sched, sampler, margin, _ = _setup(kind, folder, steps_hint)
+    model, opt, sched, sampler, margin, norm = _setup(kind, folder, steps_hint)
     fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
-    meta = {"margin": margin, "em_normalisation": "zscore"}
+    meta = {"margin": margin, "em_normalisation": norm.em}
     return {"fit": fit, "parameters": n_parameters(model), "margin": margin,
             "val": evaluate(model, meta, folder, "val"),
             "test": evaluate(model, meta, folder, "test")}
@@ -358,7 +366,7 @@ def part_baseline(args) -> None:
         if args.models is not None and i not in args.models:
             continue
         unet = MODELS[kind]
-        tag = _tag(unet) if unet else "symmetric"
+        tag = _tag({**unet, **_defaults.train_data_options()}) if unet else "symmetric"
         work = CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s" / tag
         r = _cached(work / "result.json", lambda k=kind: _baseline_run(k, folder, args))
         fit, val, test = r["fit"], r["val"], r["test"]

@@ -56,7 +56,7 @@ class TrainParams:
     checkpoint_every: int = 100  # steps between resume checkpoints (also on SIGTERM)
     missing_validation: str = "warn"  # warn | error, when no validation section is usable
     fm_normalisation: str = "global"  # global | section (background + percentile per section)
-    em_normalisation: str = "zscore"  # zscore | percentile (per section)
+    em_normalisation: str = "percentile"  # percentile | zscore (per section)
     window_sampling: str = "uniform"  # uniform | signal (half the windows where signal is)
     loss: str = "mse"  # mse | shift_mse (best of the shifts within loss_max_shift_px)
     loss_max_shift_px: int = 1  # target px, shift_mse only
