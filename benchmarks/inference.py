@@ -413,7 +413,7 @@ def main() -> None:
     parser.add_argument("--em", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # speed times glibc's default allocator first, then keeps freed memory (all stages do)
-    threads = set_threads(args.threads, keep_memory=args.what != "speed")
+    threads = set_threads(args.threads, keep_memory=args.what not in ("speed", "all"))
     if args.what == "memory-one":
         memory_one(args)
         return
