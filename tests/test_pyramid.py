@@ -57,6 +57,23 @@ def test_pyramid_metadata_round_trips_through_tifffile(tmp_path):
     assert [c.excitation_nm for c in img.channels] == [405, 590]
 
 
+def test_ome_xml_is_valid_against_the_ome_schema(tmp_path):
+    """What Bio-Formats (Fiji) parses first: the prediction's OME-XML validates against the OME
+    2016-06 schema (bundled with ome-types, read offline), and the check catches a bad value.
+    (Odemis's own exports do not validate: their RGB thumbnail has DimensionOrder CXYZT.)"""
+    from ome_types import validate_xml
+
+    path = tmp_path / "p.ome.tif"
+    write_array(path, _image(np.zeros((2, 300, 300), np.float32)))
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.pages[0].description
+    validate_xml(xml, warn_on_schema_update=False)
+    bad = xml.replace('PhysicalSizeX="0.1', 'PhysicalSizeX="-0.1', 1)
+    assert bad != xml
+    with pytest.raises(Exception, match="greater than 0"):
+        validate_xml(bad, warn_on_schema_update=False)
+
+
 def test_sink_takes_rows_in_order_and_removes_its_files(tmp_path):
     sink = PlaneSink(tmp_path, (1, 10, 4))
     sink.write(0, np.ones((1, 6, 4)))
