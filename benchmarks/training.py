@@ -361,14 +361,14 @@ def _baseline_tag(kind: str) -> str:
         "symmetric" if kind == BASELINE else "symmetric-" + _tag(data))
 
 
-def _setup(kind: str, folder: Path, steps_hint: int):
+def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42):
     import torch
 
     from em2fm.tiles import normalise_em
     from em2fm.train import WindowSampler, load_sections, normalisation
     from em2fm.unet import SymmetricUNet, UNetConfig, build
 
-    torch.manual_seed(42)
+    torch.manual_seed(seed)
     unet = MODELS[kind]
     margin = _margin(unet) if unet else 8
     opts = _data_options(kind)
@@ -377,7 +377,7 @@ def _setup(kind: str, folder: Path, steps_hint: int):
         s.em = normalise_em(s.em, opts["em_normalisation"])
     norm = normalisation(sections, opts["fm_normalisation"], opts["em_normalisation"])
     train_s = [s for s in sections if s.split == "train"]
-    sampler = WindowSampler(train_s, TILE, margin, 4, norm.mean, norm.std, 42,
+    sampler = WindowSampler(train_s, TILE, margin, 4, norm.mean, norm.std, seed,
                             targets=[norm.target(s) for s in train_s],
                             sampling=opts["window_sampling"])
     if unet:
@@ -394,18 +394,18 @@ def _setup(kind: str, folder: Path, steps_hint: int):
     return model, opt, sched, sampler, margin, norm
 
 
-def _baseline_run(kind: str, folder: Path, args) -> dict:
+def _baseline_run(kind: str, folder: Path, args, seed: int) -> dict:
     from em2fm.unet import n_parameters
 
     budget = args.budget_min * 60
-    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10)
+    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10, seed)
     t0 = time.process_time()
     for _ in range(3):  # CPU s per step, to size the cosine schedule
         x, _ = sampler.batch(args.batch)
         model(x).mean().backward()
     per_step = (time.process_time() - t0) / 3
     steps_hint = max(10, int(budget / per_step))
-    model, opt, sched, sampler, margin, norm = _setup(kind, folder, steps_hint)
+    model, opt, sched, sampler, margin, norm = _setup(kind, folder, steps_hint, seed)
     fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
     meta = {"margin": margin, "em_normalisation": norm.em}
     return {"fit": fit, "parameters": n_parameters(model), "margin": margin,
@@ -422,20 +422,29 @@ def part_baseline(args) -> None:
     for i, kind in _selected(MODELS, args.only):
         if args.models is not None and i not in args.models:
             continue
-        work = (CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s"
-                / _baseline_tag(kind))
-        r = _cached(work / "result.json", lambda k=kind: _baseline_run(k, folder, args))
-        fit, val, test = r["fit"], r["val"], r["test"]
-        rows.append([kind, r["parameters"], r["margin"], fit["steps"],
-                     fit["steps"] * args.batch / fit["cpu_s"], val["Hoechst_pcc"],
-                     val["Insulin_pcc"], test["Hoechst_pcc"], test["Insulin_pcc"],
-                     (test["Hoechst_pcc"] + test["Insulin_pcc"]) / 2])
-        print(kind, fit, flush=True)
+        rs = []
+        for seed in args.seeds:  # seed 42's runs keep their folder from before --seeds
+            work = (CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s"
+                    / (_baseline_tag(kind) + ("" if seed == 42 else f"-seed{seed}")))
+            rs.append(_cached(work / "result.json",
+                              lambda k=kind, sd=seed: _baseline_run(k, folder, args, sd)))
+            print(kind, seed, rs[-1]["fit"], flush=True)
+        fits = [r["fit"] for r in rs]
+        rows.append([kind, rs[0]["parameters"], rs[0]["margin"],
+                     float(np.mean([f["steps"] for f in fits])),
+                     float(np.mean([f["steps"] * args.batch / f["cpu_s"] for f in fits])),
+                     *[_mean(rs, split, f"{c}_pcc") for split in ("val", "test")
+                       for c in ("Hoechst", "Insulin")],
+                     (_mean(rs, "test", "Hoechst_pcc") + _mean(rs, "test", "Insulin_pcc")) / 2,
+                     *[_range(rs, split, f"{c}_pcc") for split in ("val", "test")
+                       for c in ("Hoechst", "Insulin")]])
     if args.only is None:
         _print_table(f"baseline_{args.budget_min:g}min",
                      ["model", "parameters", "context (target px)", "steps",
                       "windows per CPU s", "val Hoechst PCC", "val Insulin PCC",
-                      "test Hoechst PCC", "test Insulin PCC", "test mean PCC"], rows)
+                      "test Hoechst PCC", "test Insulin PCC", "test mean PCC",
+                      "val Hoechst range over seeds", "val Insulin range over seeds",
+                      "test Hoechst range over seeds", "test Insulin range over seeds"], rows)
 
 
 _REPRO_CHILD = """
@@ -517,7 +526,7 @@ def main() -> None:
     ap.add_argument("--em-size", type=int, default=1280, help="SEM px per section side")
     ap.add_argument("--steps", type=int, default=120, help="training steps per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42],
-                    help="ablation/options: training seeds (table: mean, and range over them)")
+                    help="training seeds (table: mean, and range over them)")
     ap.add_argument("--budget-min", type=float, default=5.0, help="baseline: CPU minutes")
     ap.add_argument("--batch", type=int, default=8, help="baseline: windows per step")
     ap.add_argument("--models", type=int, nargs="*", default=None,
