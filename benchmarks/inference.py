@@ -360,16 +360,17 @@ def speed(args: argparse.Namespace) -> None:
         tta_benefit(model, m, args)
 
 
-def tta_benefit(model: torch.nn.Module, margin: int, args: argparse.Namespace) -> None:
-    """PCC with and without TTA on a section's tiles (registered FM, inside the mask)."""
+def tta_benefit(model: torch.nn.Module, margin: int, em_normalisation: str,
+                args: argparse.Namespace) -> None:
+    """PCC with and without TTA on a section's tiles (registered FM, inside the mask), the
+    EM normalised as the model was trained (``em_normalisation`` of its checkpoint)."""
     from em2fm import io
     from em2fm.evaluate import pcc
     from em2fm.tiles import normalise_em
 
     arrays = io.load_npz(args.tiles)
     mask = arrays["mask"].astype(bool)
-    em_norm = load_model(args.model, torch.device("cpu"))[1].get("em_normalisation", "zscore")
-    em = normalise_em(arrays["em"], em_norm)  # as the model was trained
+    em = normalise_em(arrays["em"], em_normalisation)
     print(f"\nTTA on {args.tiles} ({int(mask.sum())} target px of registered FM), "
           f"model {args.model}: PCC per channel against the measured FM, and time")
     for tta in (False, True):
@@ -426,8 +427,9 @@ def main() -> None:
     if args.what in ("memory", "all"):
         memory(args)
     if args.what == "tta":
-        model, trained_margin = _load(args.model)
-        tta_benefit(model, model_margin(model, trained_margin), args)
+        model, ckpt = load_model(args.model, torch.device("cpu"))
+        tta_benefit(model, model_margin(model, int(ckpt["margin"])),
+                    ckpt.get("em_normalisation", "zscore"), args)
     print(f"\n({time.perf_counter() - t:.0f} s)")
 
 
