@@ -385,6 +385,12 @@ def test_the_refine_rounds_prediction_from_the_lazy_em_equals_the_in_memory_one(
     assert ckpt["em_normalisation"] == "percentile"  # the default
     # the lazy path maps the raw work image's percentiles to ±2, the in-memory one the
     # z-scored image's (as training's tiles hold it): equal to float32 rounding, not bit for
-    # bit (the z-score path is bit for bit: test_lazy)
+    # bit (the z-score path is, below)
     np.testing.assert_allclose(lazy, whole, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(m, grid.target_to_em_px)
+    # the same model fed z-scored EM: both paths bit for bit
+    zscore = {**ckpt, "em_normalisation": "zscore"}
+    lazy_z, _ = predict_for_registration(reader, meta, model, zscore, None)
+    whole_z, _ = predict_work(model, normalise_em(prepare_em(
+        em, geometry_from_meta(meta["em"]), grid), "zscore"), int(ckpt["margin"]), window=64)
+    np.testing.assert_array_equal(lazy_z, whole_z)
