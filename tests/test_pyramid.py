@@ -3,6 +3,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import tifffile
+from bioformats_check import bioformats
 
 from em2fm.odemis import Channel, OdemisImage, read_file
 from em2fm.pyramid import PlaneSink, n_levels, write_array, write_pyramid
@@ -72,6 +73,26 @@ def test_ome_xml_is_valid_against_the_ome_schema(tmp_path):
     assert bad != xml
     with pytest.raises(Exception, match="greater than 0"):
         validate_xml(bad, warn_on_schema_update=False)
+
+
+def test_bioformats_reads_every_level_at_its_scale(tmp_path):
+    """What Fiji opens: Bio-Formats (its reader, bioformats_check.py) finds the 3 levels, the
+    pixel size, stage position and channels, and reads every level's pixels as written (it
+    cannot decode the floating-point predictor that tifffile picks for float32)."""
+    data = np.random.default_rng(0).normal(size=(2, 700, 600)).astype(np.float32)
+    path = tmp_path / "p.ome.tif"
+    write_array(path, _image(data))
+    info = bioformats("ImageInfo", "-nopix", "-noflat", "-omexml", path)
+    assert "Resolutions = 3" in info and "mismatch" not in info
+    for attr in ('PhysicalSizeX="0.1"', 'PhysicalSizeXUnit="µm"', 'PositionX="1.5E-5"',
+                 'PositionY="-2.5E-5"', 'Name="Hoechst"', 'Name="Insulin"'):
+        assert attr in info, attr
+    for k in range(3):  # bfconvert: each resolution is a series of its own
+        out = tmp_path / f"level{k}.tif"
+        bioformats("ImageConverter", "-series", str(k), path, out)
+        f = 2**k
+        expected = data.reshape(2, 700 // f, f, 600 // f, f).mean((2, 4))
+        np.testing.assert_allclose(tifffile.imread(out), expected, atol=1e-6)
 
 
 def test_sink_takes_rows_in_order_and_removes_its_files(tmp_path):

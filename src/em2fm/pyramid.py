@@ -38,6 +38,7 @@ from .odemis import (
     _page_tags,
     _resolution_px_per_cm,
     build_ome_xml,
+    tiff_compression,
 )
 
 TILE = 256
@@ -155,13 +156,13 @@ def write_pyramid(path: str | Path, image: OdemisImage, sink: PlaneSink,
         image: metadata (``data`` may be None; ``shape_cyx`` = the sink's shape).
         sink: the complete planes (closed); its temporary files are removed.
         software: the TIFF Software tag.
-        compress: LZW with predictor (Odemis's default).
+        compress: as :func:`em2fm.odemis.tiff_compression` says (floats: deflate, which
+            Fiji's Bio-Formats reads; integers: LZW with predictor, Odemis's default).
     """
     c, h, w = sink.shape
     dtype = sink.dtype
     levels = n_levels((h, w))
     xml = build_ome_xml([image], [0], None, None, None).encode("utf-8")
-    compression = "lzw" if compress else None
     bigtiff = c * h * w * dtype.itemsize * 4 / 3 > 2**32 - 2**25
     reduced: list[list[tuple[Path, tuple[int, int]]]] = []
     try:
@@ -179,9 +180,8 @@ def write_pyramid(path: str | Path, image: OdemisImage, sink: PlaneSink,
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
             for ci, ch in enumerate(image.channels):
                 common = dict(dtype=dtype, tile=(TILE, TILE), photometric="minisblack",
-                              compression=compression, predictor=compress or None,
-                              metadata=None, resolutionunit="CENTIMETER"
-                              if image.pixel_size_m else None)
+                              metadata=None, **tiff_compression(dtype, compress),
+                              resolutionunit="CENTIMETER" if image.pixel_size_m else None)
                 tw.write(_tiles(sink.paths[ci], (h, w), dtype), shape=(h, w),
                          description=xml if ci == 0 else None, subifds=levels,
                          software=software,

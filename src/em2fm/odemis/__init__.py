@@ -44,6 +44,7 @@ from .write import (
     _resolution_px_per_cm,
     build_ome_xml,
     make_thumbnail,
+    tiff_compression,
     write_file,
     write_per_stream,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "extract_ome_xml",
     "make_thumbnail",
     "read_file",
+    "tiff_compression",
     "write_file",
     "write_per_stream",
 ]
