@@ -361,7 +361,7 @@ def _baseline_tag(kind: str) -> str:
         "symmetric" if kind == BASELINE else "symmetric-" + _tag(data))
 
 
-def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42):
+def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int = TILE):
     import torch
 
     from em2fm.tiles import normalise_em
@@ -372,12 +372,12 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42):
     unet = MODELS[kind]
     margin = _margin(unet) if unet else 8
     opts = _data_options(kind)
-    sections = load_sections(_tiles(folder), TILE)
+    sections = load_sections(_tiles(folder), tile)
     for s in sections:
         s.em = normalise_em(s.em, opts["em_normalisation"])
     norm = normalisation(sections, opts["fm_normalisation"], opts["em_normalisation"])
     train_s = [s for s in sections if s.split == "train"]
-    sampler = WindowSampler(train_s, TILE, margin, 4, norm.mean, norm.std, seed,
+    sampler = WindowSampler(train_s, tile, margin, 4, norm.mean, norm.std, seed,
                             targets=[norm.target(s) for s in train_s],
                             sampling=opts["window_sampling"])
     if unet:
@@ -398,14 +398,15 @@ def _baseline_run(kind: str, folder: Path, args, seed: int) -> dict:
     from em2fm.unet import n_parameters
 
     budget = args.budget_min * 60
-    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10, seed)
+    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10, seed, args.tile)
     t0 = time.process_time()
     for _ in range(3):  # CPU s per step, to size the cosine schedule
         x, _ = sampler.batch(args.batch)
         model(x).mean().backward()
     per_step = (time.process_time() - t0) / 3
     steps_hint = max(10, int(budget / per_step))
-    model, opt, sched, sampler, margin, norm = _setup(kind, folder, steps_hint, seed)
+    model, opt, sched, sampler, margin, norm = _setup(kind, folder, steps_hint, seed,
+                                                      args.tile)
     fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
     meta = {"margin": margin, "em_normalisation": norm.em}
     return {"fit": fit, "parameters": n_parameters(model), "margin": margin,
@@ -424,7 +425,8 @@ def part_baseline(args) -> None:
             continue
         rs = []
         for seed in args.seeds:  # seed 42's runs keep their folder from before --seeds
-            work = (CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s"
+            work = (CACHE / "runs" / (f"budget{args.budget_min:g}min-{args.sections}s"
+                                      + ("" if args.tile == 32 else f"-tile{args.tile}"))
                     / (_baseline_tag(kind) + ("" if seed == 42 else f"-seed{seed}")))
             rs.append(_cached(work / "result.json",
                               lambda k=kind, sd=seed: _baseline_run(k, folder, args, sd)))
@@ -529,6 +531,9 @@ def main() -> None:
                     help="training seeds (table: mean, and range over them)")
     ap.add_argument("--budget-min", type=float, default=5.0, help="baseline: CPU minutes")
     ap.add_argument("--batch", type=int, default=8, help="baseline: windows per step")
+    ap.add_argument("--tile", type=int, default=TILE,
+                    help="baseline: training window edge without context (target px; runs "
+                    "before this option were at 32)")
     ap.add_argument("--models", type=int, nargs="*", default=None,
                     help="baseline: rows of MODELS to run (default: all)")
     ap.add_argument("--only", type=int, default=None,
