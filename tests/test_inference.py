@@ -14,6 +14,7 @@ from em2fm.inference import (
     blend_weights,
     is_out_of_memory,
     keep_freed_memory,
+    model_margin,
     predict_array,
     reflect_index,
 )
@@ -22,9 +23,10 @@ from em2fm.receptive import (
     input_interval,
     receptive_radius_em,
     resolve_margin,
+    symmetric_context_margin,
     window_period,
 )
-from em2fm.unet import UNetConfig, build
+from em2fm.unet import SymmetricUNet, UNetConfig, build
 
 
 def _positive_net(cfg: UNetConfig) -> nn.Module:
@@ -58,6 +60,31 @@ def test_receptive_field_matches_the_impulse_response(depth, em_scale, stem, mon
         cols = np.flatnonzero(x.grad[0, 0].abs().sum(0).numpy())
         lo, hi = input_interval(depth, em_scale, centre + phase, stem)
         assert (cols.min(), cols.max()) == (lo, hi)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_symmetric_baseline_context_covers_its_impulse_response(depth, monkeypatch):
+    """The symmetric U-Net baseline's receptive field (binned EM, then a full U-Net) is far
+    wider than this model's: ±107 target px at depth 4; its context covers it exactly."""
+    monkeypatch.setattr(F, "max_pool2d", F.avg_pool2d)  # the same support, gradient to all
+    net = SymmetricUNet(out_channels=1, depth=depth, base_channels=2, em_scale=4).eval()
+    with torch.no_grad():  # every path positive: the gradient support is the field
+        for mod in net.modules():
+            if isinstance(mod, nn.Conv2d | nn.ConvTranspose2d):
+                mod.weight.fill_(1.0 / mod.weight[0].numel())
+    n = 2**depth * (16 if depth < 4 else 20)
+    x = torch.ones(1, 1, 4 * n, 4 * n, requires_grad=True)
+    reach = 0
+    for phase in range(2**depth):
+        x.grad = None
+        o = n // 2 + phase
+        net(x)[0, 0, o, o].backward()
+        cols = np.flatnonzero(x.grad[0, 0].abs().sum(0).numpy()) // 4
+        reach = max(reach, o - cols.min(), cols.max() - o)
+    m = symmetric_context_margin(depth)
+    assert m - 2 ** (depth - 1) < reach <= m and (2 * m) % 2**depth == 0
+    assert model_margin(net) == m  # what windowed prediction of the baseline uses
+    assert symmetric_context_margin(4) == 112 and reach == (107 if depth == 4 else reach)
 
 
 def test_default_receptive_field_is_about_27_target_px():

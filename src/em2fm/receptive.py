@@ -120,6 +120,28 @@ def context_margin(depth: int, em_scale: int, stem: str = DEFAULT_STEM) -> int:
     return m
 
 
+def _symmetric_back(depth: int, idx: int, iv: tuple[int, int]) -> tuple[int, int]:
+    """Binned px needed by ``iv`` of decoder block ``idx`` (0: deepest) of the symmetric
+    U-Net (:class:`em2fm.unet.SymmetricUNet`): 3×3 convolutions, 2×2 max pooling, 2×2
+    stride-2 transposed convolutions (output ``o`` reads input ``⌊o/2⌋``)."""
+    iv = _conv(iv)
+    skip = _encoder_back(depth - 1 - idx, iv)
+    up = iv[0] // 2, iv[1] // 2
+    deeper = _encoder_back(depth, up) if idx == 0 else _symmetric_back(depth, idx - 1, up)
+    return _union(skip, deeper)
+
+
+def symmetric_context_margin(depth: int) -> int:
+    """EM context (target px) that covers the receptive field of the symmetric U-Net baseline
+    with ``depth`` contractions on EM binned to the target grid, and keeps windows valid
+    (``2·m`` a multiple of ``2**depth``); the maximum over an output pixel's phase."""
+    reach = 0
+    for i in range(2**depth):
+        lo, hi = _symmetric_back(depth, depth - 1, (i, i))
+        reach = max(reach, i - lo, hi - i)
+    return math.ceil(reach / 2 ** (depth - 1)) * 2 ** (depth - 1)
+
+
 def resolve_margin(setting: int | None, depth: int, em_scale: int,
                    stem: str = DEFAULT_STEM) -> int:
     """The margin to use: ``setting`` (config ``tiles.margin``) or, when null, the computed one.
