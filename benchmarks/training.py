@@ -344,6 +344,8 @@ MODELS = {  # rows of the baseline comparison: this model's architectures, then 
                                      "depth": 4},
     "this model, stem patch b4 d5": {"stem": "patch", "base_channels": 4, "max_channels": 128,
                                      "depth": 5},
+    "this model, stem patch b8 d5": {"stem": "patch", "base_channels": 8, "max_channels": 128,
+                                     "depth": 5},
     BASELINE: None,
     BASELINE_CONFIG: None,  # separates the architecture from the data options
 }
@@ -365,7 +367,13 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
     import torch
 
     from em2fm.tiles import normalise_em
-    from em2fm.train import WindowSampler, load_sections, normalisation
+    from em2fm.train import (
+        TrainParams,
+        WindowSampler,
+        load_sections,
+        make_optimiser,
+        normalisation,
+    )
     from em2fm.unet import SymmetricUNet, UNetConfig, build
 
     torch.manual_seed(seed)
@@ -382,11 +390,10 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
                             sampling=opts["window_sampling"])
     if unet:
         model = build(UNetConfig(out_channels=2, em_scale=4, **unet))
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-        warmup = max(1, steps_hint // 20)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: min(1.0, (i + 1) / warmup)
-            * 0.5 * (1 + math.cos(math.pi * min(i, steps_hint) / steps_hint)))
+        train = _defaults.config()["train"]  # config.yaml's optimiser, schedule sized to budget
+        opt, sched = make_optimiser(model, TrainParams(
+            steps=steps_hint, learning_rate=train["learning_rate"],
+            weight_decay=train["weight_decay"]))
     else:
         model = SymmetricUNet(out_channels=2, depth=4, base_channels=32, em_scale=4)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -394,7 +401,9 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
     return model, opt, sched, sampler, margin, norm
 
 
-def _baseline_run(kind: str, folder: Path, args, seed: int) -> dict:
+def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
+    import torch
+
     from em2fm.unet import n_parameters
 
     budget = args.budget_min * 60
@@ -409,6 +418,8 @@ def _baseline_run(kind: str, folder: Path, args, seed: int) -> dict:
                                                       args.tile)
     fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
     meta = {"margin": margin, "em_normalisation": norm.em}
+    work.mkdir(parents=True, exist_ok=True)  # the weights, to evaluate again
+    torch.save({"state_dict": model.state_dict(), **meta}, work / "weights.pt")
     return {"fit": fit, "parameters": n_parameters(model), "margin": margin,
             "val": evaluate(model, meta, folder, "val"),
             "test": evaluate(model, meta, folder, "test")}
@@ -429,7 +440,8 @@ def part_baseline(args) -> None:
                                       + ("" if args.tile == 32 else f"-tile{args.tile}"))
                     / (_baseline_tag(kind) + ("" if seed == 42 else f"-seed{seed}")))
             rs.append(_cached(work / "result.json",
-                              lambda k=kind, sd=seed: _baseline_run(k, folder, args, sd)))
+                              lambda k=kind, sd=seed, w=work: _baseline_run(k, folder, args,
+                                                                            sd, w)))
             print(kind, seed, rs[-1]["fit"], flush=True)
         fits = [r["fit"] for r in rs]
         rows.append([kind, rs[0]["parameters"], rs[0]["margin"],
@@ -530,7 +542,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42],
                     help="training seeds (table: mean, and range over them)")
     ap.add_argument("--budget-min", type=float, default=5.0, help="baseline: CPU minutes")
-    ap.add_argument("--batch", type=int, default=8, help="baseline: windows per step")
+    ap.add_argument("--batch", type=int, default=_defaults.config()["train"]["batch_size"],
+                    help="baseline: windows per step (default: train.batch_size)")
     ap.add_argument("--tile", type=int, default=TILE,
                     help="baseline: training window edge without context (target px; runs "
                     "before this option were at 32)")

@@ -131,6 +131,19 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+
+def make_optimiser(model: torch.nn.Module, params: TrainParams
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (``learning_rate``, ``weight_decay``) with a linear warm-up over the first 5 % of
+    ``steps`` and a cosine decay to 0 at ``steps``; step the scheduler once per step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=params.learning_rate,
+                            weight_decay=params.weight_decay)
+    warmup = max(1, params.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup)
+        * 0.5 * (1 + math.cos(math.pi * min(i, params.steps) / params.steps)))
+    return opt, sched
+
 def train(
     tiles_npz: list[str | Path],
     unet: dict,
@@ -200,12 +213,7 @@ def train(
         raise ValueError(f"train.loss_max_shift_px ({params.loss_max_shift_px}) must not "
                          f"exceed tiles.margin ({margin})")
     model = build(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=params.learning_rate,
-                            weight_decay=params.weight_decay)
-    warmup = max(1, params.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup)
-        * 0.5 * (1 + math.cos(math.pi * min(i, params.steps) / params.steps)))
+    opt, sched = make_optimiser(model, params)
     targets = [norm.target(s) for s in train_s]
     sampler = WindowSampler(train_s, tile_size, margin, em_scale, norm.mean, norm.std,
                             params.seed, targets=targets, sampling=params.window_sampling)
