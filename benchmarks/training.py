@@ -401,6 +401,13 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
     return model, opt, sched, sampler, margin, norm
 
 
+def _prediction_context(kind: str) -> int:
+    """EM context (target px) a row's model is evaluated with: its receptive field."""
+    from em2fm.receptive import symmetric_context_margin
+
+    return _margin(MODELS[kind]) if MODELS[kind] else symmetric_context_margin(4)
+
+
 def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
     import torch
 
@@ -444,7 +451,7 @@ def part_baseline(args) -> None:
                                                                             sd, w)))
             print(kind, seed, rs[-1]["fit"], flush=True)
         fits = [r["fit"] for r in rs]
-        rows.append([kind, rs[0]["parameters"], rs[0]["margin"],
+        rows.append([kind, rs[0]["parameters"], rs[0]["margin"], _prediction_context(kind),
                      float(np.mean([f["steps"] for f in fits])),
                      float(np.mean([f["steps"] * args.batch / f["cpu_s"] for f in fits])),
                      *[_mean(rs, split, f"{c}_pcc") for split in ("val", "test")
@@ -454,7 +461,8 @@ def part_baseline(args) -> None:
                        for c in ("Hoechst", "Insulin")]])
     if args.only is None:
         _print_table(f"baseline_{args.budget_min:g}min",
-                     ["model", "parameters", "context (target px)", "steps",
+                     ["model", "parameters", "training context (target px)",
+                      "prediction context (target px)", "steps",
                       "windows per CPU s", "val Hoechst PCC", "val Insulin PCC",
                       "test Hoechst PCC", "test Insulin PCC", "test mean PCC",
                       "val Hoechst range over seeds", "val Insulin range over seeds",
