@@ -363,7 +363,8 @@ def _baseline_tag(kind: str) -> str:
         "symmetric" if kind == BASELINE else "symmetric-" + _tag(data))
 
 
-def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int = TILE):
+def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int = TILE,
+           weight_decay: float | None = None):
     import torch
 
     from em2fm.tiles import normalise_em
@@ -393,7 +394,7 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
         train = _defaults.config()["train"]  # config.yaml's optimiser, schedule sized to budget
         opt, sched = make_optimiser(model, TrainParams(
             steps=steps_hint, learning_rate=train["learning_rate"],
-            weight_decay=train["weight_decay"]))
+            weight_decay=train["weight_decay"] if weight_decay is None else weight_decay))
     else:
         model = SymmetricUNet(out_channels=2, depth=4, base_channels=32, em_scale=4)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -414,7 +415,8 @@ def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
     from em2fm.unet import n_parameters
 
     budget = args.budget_min * 60
-    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10, seed, args.tile)
+    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10, seed, args.tile,
+                                                   args.weight_decay)
     t0 = time.process_time()
     for _ in range(3):  # CPU s per step, to size the cosine schedule
         x, _ = sampler.batch(args.batch)
@@ -422,7 +424,7 @@ def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
     per_step = (time.process_time() - t0) / 3
     steps_hint = max(10, int(budget / per_step))
     model, opt, sched, sampler, margin, norm = _setup(kind, folder, steps_hint, seed,
-                                                      args.tile)
+                                                      args.tile, args.weight_decay)
     fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
     meta = {"margin": margin, "em_normalisation": norm.em}
     work.mkdir(parents=True, exist_ok=True)  # the weights, to evaluate again
@@ -444,7 +446,9 @@ def part_baseline(args) -> None:
         rs = []
         for seed in args.seeds:  # seed 42's runs keep their folder from before --seeds
             work = (CACHE / "runs" / (f"budget{args.budget_min:g}min-{args.sections}s"
-                                      + ("" if args.tile == 32 else f"-tile{args.tile}"))
+                                      + ("" if args.tile == 32 else f"-tile{args.tile}")
+                                      + ("" if args.weight_decay is None
+                                         else f"-wd{args.weight_decay:g}"))
                     / (_baseline_tag(kind) + ("" if seed == 42 else f"-seed{seed}")))
             rs.append(_cached(work / "result.json",
                               lambda k=kind, sd=seed, w=work: _baseline_run(k, folder, args,
@@ -555,6 +559,9 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=TILE,
                     help="baseline: training window edge without context (target px; runs "
                     "before this option were at 32)")
+    ap.add_argument("--weight-decay", type=float, default=None,
+                    help="baseline: AdamW weight decay of this model's rows (default: "
+                    "train.weight_decay)")
     ap.add_argument("--models", type=int, nargs="*", default=None,
                     help="baseline: rows of MODELS to run (default: all)")
     ap.add_argument("--only", type=int, default=None,
