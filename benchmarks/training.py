@@ -334,6 +334,8 @@ BASELINE_CONFIG = "symmetric U-Net baseline, config.yaml's normalisation and sam
 #: the usual label-free data setup of the baseline: one z-score per section and channel
 USUAL_DATA = {"fm_normalisation": "global", "em_normalisation": "zscore",
               "window_sampling": "uniform"}
+#: the symmetric U-Net baseline's sizes (em2fm.unet.SymmetricUNet keywords)
+SYMMETRIC = {"depth": 4, "base_channels": 32, "em_scale": 4}
 MODELS = {  # rows of the baseline comparison: this model's architectures, then the baseline
     "this model, config.yaml": UNET,
     "this model, stem blocks b16 d4 (until Dec 2026)": {"stem": "blocks", "base_channels": 16,
@@ -396,7 +398,7 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
             steps=steps_hint, learning_rate=train["learning_rate"],
             weight_decay=train["weight_decay"] if weight_decay is None else weight_decay))
     else:
-        model = SymmetricUNet(out_channels=2, depth=4, base_channels=32, em_scale=4)
+        model = SymmetricUNet(out_channels=2, **SYMMETRIC)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         sched = None
     return model, opt, sched, sampler, margin, norm
@@ -404,9 +406,10 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
 
 def _prediction_context(kind: str) -> int:
     """EM context (target px) a row's model is evaluated with: its receptive field."""
-    from em2fm.receptive import symmetric_context_margin
+    from em2fm.unet import SymmetricUNetConfig
 
-    return _margin(MODELS[kind]) if MODELS[kind] else symmetric_context_margin(4)
+    return _margin(MODELS[kind]) if MODELS[kind] else SymmetricUNetConfig(
+        **SYMMETRIC).context_margin
 
 
 def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
@@ -434,6 +437,15 @@ def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
             "test": evaluate(model, meta, folder, "test")}
 
 
+def _budget_runs(args) -> Path:
+    """Cache folder of the baseline runs of one protocol (budget, sections, and the training
+    window edge and weight decay where not the defaults; runs before ``--tile`` were at 32)."""
+    return CACHE / "runs" / (f"budget{args.budget_min:g}min-{args.sections}s"
+                             + ("" if args.tile == 32 else f"-tile{args.tile}")
+                             + ("" if args.weight_decay is None
+                                else f"-wd{args.weight_decay:g}"))
+
+
 def part_baseline(args) -> None:
     from em2fm.predict import set_threads
 
@@ -445,11 +457,8 @@ def part_baseline(args) -> None:
             continue
         rs = []
         for seed in args.seeds:  # seed 42's runs keep their folder from before --seeds
-            work = (CACHE / "runs" / (f"budget{args.budget_min:g}min-{args.sections}s"
-                                      + ("" if args.tile == 32 else f"-tile{args.tile}")
-                                      + ("" if args.weight_decay is None
-                                         else f"-wd{args.weight_decay:g}"))
-                    / (_baseline_tag(kind) + ("" if seed == 42 else f"-seed{seed}")))
+            work = _budget_runs(args) / (_baseline_tag(kind)
+                                         + ("" if seed == 42 else f"-seed{seed}"))
             rs.append(_cached(work / "result.json",
                               lambda k=kind, sd=seed, w=work: _baseline_run(k, folder, args,
                                                                             sd, w)))

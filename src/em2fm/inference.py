@@ -44,7 +44,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .geometry import reflect_index
-from .receptive import context_margin, symmetric_context_margin, window_period
+from .receptive import window_period
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,10 @@ def fuse_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 def model_margin(model: torch.nn.Module, trained_margin: int | None = None) -> int:
     """EM context (target px) for ``model``: its receptive field, or more if trained with more.
 
-    ``model`` is an :class:`em2fm.unet.AsymmetricUNet` or the symmetric U-Net baseline.
+    ``model`` is an :class:`em2fm.unet.AsymmetricUNet` or the symmetric U-Net baseline; its
+    config knows its receptive field (``cfg.context_margin``).
     """
-    from .unet import SymmetricUNetConfig
-
-    need = (symmetric_context_margin(model.cfg.depth)
-            if isinstance(model.cfg, SymmetricUNetConfig)
-            else context_margin(model.cfg.depth, model.cfg.em_scale, model.cfg.stem))
+    need = model.cfg.context_margin
     if trained_margin is not None and int(trained_margin) < need:
         log.warning("the model was trained with %d target px of EM context, less than its "
                     "receptive field (%d): predicting with %d", trained_margin, need, need)

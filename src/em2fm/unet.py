@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .receptive import DEFAULT_STEM, first_level
+from .receptive import DEFAULT_STEM, context_margin, first_level, symmetric_context_margin
 
 
 def encode(encoder: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
@@ -70,6 +70,11 @@ class UNetConfig:
     def multiple(self) -> int:
         """Input sizes (work px) must be multiples of this."""
         return 2 ** self.depth
+
+    @property
+    def context_margin(self) -> int:
+        """EM context (target px) that covers the receptive field (:mod:`em2fm.receptive`)."""
+        return context_margin(self.depth, self.em_scale, self.stem)
 
     def as_dict(self) -> dict:
         """Plain dict (stored in checkpoints)."""
@@ -162,6 +167,11 @@ class SymmetricUNetConfig(UNetConfig):
     def multiple(self) -> int:
         """Input sizes (work px) must be multiples of this (binning, then 2**depth)."""
         return self.em_scale * 2**self.depth
+
+    @property
+    def context_margin(self) -> int:
+        """EM context (target px) that covers the (much wider) receptive field."""
+        return symmetric_context_margin(self.depth)
 
 
 class SymmetricUNet(nn.Module):

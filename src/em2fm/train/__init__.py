@@ -46,7 +46,6 @@ from .resume import checkpoint_dir_for, run_fingerprint
 __all__ = [
     "FM_PERCENTILES", "NO_VALIDATION", "SIGNAL_PERCENTILE", "Normalisation", "SectionData",
     "TrainParams", "WindowSampler", "checkpoint_dir_for", "load_sections", "make_optimiser",
-    "model_card",
-    "normalisation", "run", "run_fingerprint", "section_scaling", "software_versions",
-    "target_statistics", "train", "trustworthy", "window_loss",
+    "model_card", "normalisation", "run", "run_fingerprint", "section_scaling",
+    "software_versions", "target_statistics", "train", "trustworthy", "window_loss",
 ]

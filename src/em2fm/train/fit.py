@@ -131,7 +131,6 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-
 def make_optimiser(model: torch.nn.Module, params: TrainParams
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (``learning_rate``, ``weight_decay``) with a linear warm-up over the first 5 % of
@@ -143,6 +142,7 @@ def make_optimiser(model: torch.nn.Module, params: TrainParams
         opt, lambda i: min(1.0, (i + 1) / warmup)
         * 0.5 * (1 + math.cos(math.pi * min(i, params.steps) / params.steps)))
     return opt, sched
+
 
 def train(
     tiles_npz: list[str | Path],
