@@ -20,14 +20,14 @@ Datasets are cached in ``.tmp/bench-training/`` (delete it to simulate again).
   noise ceiling.
 - ``options``: on the default data (per-section brightness CV 0.2), the default training
   beside one option changed at a time (FM per-section normalisation, EM z-score
-  normalisation, signal-weighted windows, shift-tolerant loss).
+  normalisation, signal-weighted windows, shift-tolerant loss, EM intensity jitter).
 - ``baseline``: at an equal budget of process CPU time (``time.process_time``, one
-  thread, so load from other processes does not count), this model (AdamW, cosine
-  schedule sized to the budget) against the usual label-free setup: a symmetric U-Net
-  (depth 4, 32 base channels) on EM binned ×4 to the output grid, MSE, Adam 1e-3, EM and
-  FM z-scored; the same U-Net again with config.yaml's normalisation and sampling (to
-  separate architecture from data options); validation and test PCC per channel and
-  training throughput.
+  thread, so load from other processes does not count), this model (AdamW, warm-up and
+  cosine schedule over the spent fraction of the budget) against the usual label-free
+  setup: a symmetric U-Net (depth 4, 32 base channels) on EM binned ×4 to the output grid,
+  MSE, Adam 1e-3, EM and FM z-scored; the same U-Net again with config.yaml's
+  normalisation and sampling (to separate architecture from data options); validation and
+  test PCC per channel and training throughput.
 - ``reproducibility``: the same short training repeated (same threads), with 2 threads,
   with another CPU kernel set (``ATEN_CPU_CAPABILITY=default`` instead of the CPU's
   AVX2 kernels, standing in for another CPU type), and killed with SIGKILL then resumed;
@@ -289,6 +289,7 @@ OPTIONS = {
     "em_normalisation: zscore (the default until Dec 2026)": {"em_normalisation": "zscore"},
     "window_sampling: signal": {"window_sampling": "signal"},
     "loss: shift_mse": {"loss": "shift_mse"},
+    "em_jitter: 0.25": {"em_jitter": 0.25},
 }
 
 
@@ -310,21 +311,29 @@ def part_options(args) -> None:
                   "test Insulin range over seeds", "CPU s"], rows)
 
 
-def _fit_budget(model, opt, sched, sampler, margin: int, budget_s: float, batch: int) -> dict:
-    """Train until ``budget_s`` of process CPU time is spent; return steps and time."""
-    from em2fm.train import window_loss
+def _fit_budget(model, opt, scheduled: bool, sampler, margin: int, budget_s: float,
+                batch: int) -> dict:
+    """Train until ``budget_s`` of process CPU time is spent; return steps and time.
 
+    ``scheduled``: the learning rate follows this model's schedule (linear warm-up over
+    ``WARMUP_FRACTION``, then cosine to 0) over the spent fraction of the CPU budget, so it
+    reaches 0 when the budget does; otherwise it stays constant (the baseline's Adam)."""
+    from em2fm.train import WARMUP_FRACTION, cosine_decay, window_loss
+
+    base = [g["lr"] for g in opt.param_groups]
     model.train()
     t0 = time.process_time()
     steps = 0
-    while time.process_time() - t0 < budget_s:
+    while (done := (time.process_time() - t0) / budget_s) < 1:
+        if scheduled:
+            f = min(1.0, (done + 1e-9) / WARMUP_FRACTION) * cosine_decay(done)
+            for g, lr in zip(opt.param_groups, base, strict=True):
+                g["lr"] = lr * f
         x, y = sampler.batch(batch)
         loss = window_loss(model(x), y, margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if sched is not None:
-            sched.step()
         steps += 1
     return {"steps": steps, "cpu_s": time.process_time() - t0}
 
@@ -365,8 +374,9 @@ def _baseline_tag(kind: str) -> str:
         "symmetric" if kind == BASELINE else "symmetric-" + _tag(data))
 
 
-def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int = TILE,
-           weight_decay: float | None = None):
+def _setup(kind: str, folder: Path, seed: int = 42, tile: int = TILE,
+           weight_decay: float | None = None, em_jitter: float | None = None,
+           learning_rate: float | None = None):
     import torch
 
     from em2fm.tiles import normalise_em
@@ -383,6 +393,8 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
     unet = MODELS[kind]
     margin = _margin(unet) if unet else 8
     opts = _data_options(kind)
+    if unet and em_jitter is not None:
+        opts = {**opts, "em_jitter": em_jitter}
     sections = load_sections(_tiles(folder), tile)
     for s in sections:
         s.em = normalise_em(s.em, opts["em_normalisation"])
@@ -390,18 +402,18 @@ def _setup(kind: str, folder: Path, steps_hint: int, seed: int = 42, tile: int =
     train_s = [s for s in sections if s.split == "train"]
     sampler = WindowSampler(train_s, tile, margin, 4, norm.mean, norm.std, seed,
                             targets=[norm.target(s) for s in train_s],
-                            sampling=opts["window_sampling"])
+                            sampling=opts["window_sampling"],
+                            em_jitter=opts.get("em_jitter", 0.0))
     if unet:
         model = build(UNetConfig(out_channels=2, em_scale=4, **unet))
-        train = _defaults.config()["train"]  # config.yaml's optimiser, schedule sized to budget
-        opt, sched = make_optimiser(model, TrainParams(
-            steps=steps_hint, learning_rate=train["learning_rate"],
+        train = _defaults.config()["train"]  # config.yaml's optimiser (scheduled by _fit_budget)
+        opt, _ = make_optimiser(model, TrainParams(
+            learning_rate=train["learning_rate"] if learning_rate is None else learning_rate,
             weight_decay=train["weight_decay"] if weight_decay is None else weight_decay))
     else:
         model = SymmetricUNet(out_channels=2, **SYMMETRIC)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        sched = None
-    return model, opt, sched, sampler, margin, norm
+    return model, opt, sampler, margin, norm
 
 
 def _prediction_context(kind: str) -> int:
@@ -417,18 +429,11 @@ def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
 
     from em2fm.unet import n_parameters
 
-    budget = args.budget_min * 60
-    model, opt, sched, sampler, margin, _ = _setup(kind, folder, 10, seed, args.tile,
-                                                   args.weight_decay)
-    t0 = time.process_time()
-    for _ in range(3):  # CPU s per step, to size the cosine schedule
-        x, _ = sampler.batch(args.batch)
-        model(x).mean().backward()
-    per_step = (time.process_time() - t0) / 3
-    steps_hint = max(10, int(budget / per_step))
-    model, opt, sched, sampler, margin, norm = _setup(kind, folder, steps_hint, seed,
-                                                      args.tile, args.weight_decay)
-    fit = _fit_budget(model, opt, sched, sampler, margin, budget, args.batch)
+    model, opt, sampler, margin, norm = _setup(kind, folder, seed, args.tile,
+                                               args.weight_decay, args.em_jitter,
+                                               args.learning_rate)
+    fit = _fit_budget(model, opt, MODELS[kind] is not None, sampler, margin,
+                      args.budget_min * 60, args.batch)
     meta = {"margin": margin, "em_normalisation": norm.em}
     work.mkdir(parents=True, exist_ok=True)  # the weights, to evaluate again
     torch.save({"state_dict": model.state_dict(), **meta}, work / "weights.pt")
@@ -437,13 +442,19 @@ def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
             "test": evaluate(model, meta, folder, "test")}
 
 
+def _variant(args) -> str:
+    """The settings of this model's baseline rows that differ from config.yaml, as a name
+    suffix (``-tile64-lr0.01``; empty for the defaults)."""
+    changed = {"tile": None if args.tile == TILE else args.tile, "wd": args.weight_decay,
+               "jit": args.em_jitter, "lr": args.learning_rate}
+    return "".join(f"-{k}{v:g}" for k, v in changed.items() if v is not None)
+
+
 def _budget_runs(args) -> Path:
-    """Cache folder of the baseline runs of one protocol (budget, sections, and the training
-    window edge and weight decay where not the defaults; runs before ``--tile`` were at 32)."""
-    return CACHE / "runs" / (f"budget{args.budget_min:g}min-{args.sections}s"
-                             + ("" if args.tile == 32 else f"-tile{args.tile}")
-                             + ("" if args.weight_decay is None
-                                else f"-wd{args.weight_decay:g}"))
+    """Cache folder of the baseline runs of one protocol (budget, sections, :func:`_variant`;
+    ``-p2``: this model's schedule follows the spent CPU time; before Dec 7 2026 it followed
+    a step count estimated from the first 3 steps, which ended it early)."""
+    return CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s-p2{_variant(args)}"
 
 
 def part_baseline(args) -> None:
@@ -473,7 +484,7 @@ def part_baseline(args) -> None:
                      *[_range(rs, split, f"{c}_pcc") for split in ("val", "test")
                        for c in ("Hoechst", "Insulin")]])
     if args.only is None:
-        _print_table(f"baseline_{args.budget_min:g}min",
+        _print_table(f"baseline_{args.budget_min:g}min{_variant(args)}",
                      ["model", "parameters", "training context (target px)",
                       "prediction context (target px)", "steps",
                       "windows per CPU s", "val Hoechst PCC", "val Insulin PCC",
@@ -571,6 +582,12 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=None,
                     help="baseline: AdamW weight decay of this model's rows (default: "
                     "train.weight_decay)")
+    ap.add_argument("--learning-rate", type=float, default=None,
+                    help="baseline: peak learning rate of this model's rows (default: "
+                    "train.learning_rate)")
+    ap.add_argument("--em-jitter", type=float, default=None,
+                    help="baseline: EM intensity jitter of this model's rows (default: "
+                    "train.em_jitter)")
     ap.add_argument("--models", type=int, nargs="*", default=None,
                     help="baseline: rows of MODELS to run (default: all)")
     ap.add_argument("--only", type=int, default=None,

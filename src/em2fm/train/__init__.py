@@ -40,12 +40,22 @@ from .data import (
     target_statistics,
     trustworthy,
 )
-from .fit import NO_VALIDATION, TrainParams, make_optimiser, run, train, window_loss
+from .fit import (
+    NO_VALIDATION,
+    WARMUP_FRACTION,
+    TrainParams,
+    cosine_decay,
+    make_optimiser,
+    run,
+    train,
+    window_loss,
+)
 from .resume import checkpoint_dir_for, run_fingerprint
 
 __all__ = [
-    "FM_PERCENTILES", "NO_VALIDATION", "SIGNAL_PERCENTILE", "Normalisation", "SectionData",
-    "TrainParams", "WindowSampler", "checkpoint_dir_for", "load_sections", "make_optimiser",
+    "FM_PERCENTILES", "NO_VALIDATION", "SIGNAL_PERCENTILE", "WARMUP_FRACTION", "Normalisation",
+    "SectionData", "TrainParams", "WindowSampler", "checkpoint_dir_for", "cosine_decay",
+    "load_sections", "make_optimiser",
     "model_card", "normalisation", "run", "run_fingerprint", "section_scaling",
     "software_versions", "target_statistics", "train", "trustworthy", "window_loss",
 ]

@@ -41,6 +41,9 @@ from .resume import (
 
 log = logging.getLogger(__name__)
 
+#: fraction of the training run with a linear learning-rate warm-up (make_optimiser)
+WARMUP_FRACTION = 0.05
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -58,6 +61,7 @@ class TrainParams:
     fm_normalisation: str = "global"  # global | section (background + percentile per section)
     em_normalisation: str = "percentile"  # percentile | zscore (per section)
     window_sampling: str = "uniform"  # uniform | signal (half the windows where signal is)
+    em_jitter: float = 0.0  # EM contrast/brightness jitter per window (WindowSampler), ≥ 0
     loss: str = "mse"  # mse | shift_mse (best of the shifts within loss_max_shift_px)
     loss_max_shift_px: int = 1  # target px, shift_mse only
 
@@ -133,15 +137,21 @@ def _duration(s: float) -> str:
 
 def make_optimiser(model: torch.nn.Module, params: TrainParams
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (``learning_rate``, ``weight_decay``) with a linear warm-up over the first 5 % of
-    ``steps`` and a cosine decay to 0 at ``steps``; step the scheduler once per step."""
+    """AdamW (``learning_rate``, ``weight_decay``) with a linear warm-up over the first
+    :data:`WARMUP_FRACTION` of ``steps`` and a cosine decay to 0 at ``steps``
+    (:func:`cosine_decay`); step the scheduler once per step."""
     opt = torch.optim.AdamW(model.parameters(), lr=params.learning_rate,
                             weight_decay=params.weight_decay)
-    warmup = max(1, params.steps // 20)
+    warmup = max(1, int(params.steps * WARMUP_FRACTION))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup)
-        * 0.5 * (1 + math.cos(math.pi * min(i, params.steps) / params.steps)))
+        opt, lambda i: min(1.0, (i + 1) / warmup) * cosine_decay(i / params.steps))
     return opt, sched
+
+
+def cosine_decay(progress: float) -> float:
+    """Learning-rate factor of the cosine schedule: 1 at ``progress`` 0 (fraction of the run
+    done, in steps or in time), 0 at 1 and after."""
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def train(
@@ -216,7 +226,8 @@ def train(
     opt, sched = make_optimiser(model, params)
     targets = [norm.target(s) for s in train_s]
     sampler = WindowSampler(train_s, tile_size, margin, em_scale, norm.mean, norm.std,
-                            params.seed, targets=targets, sampling=params.window_sampling)
+                            params.seed, targets=targets, sampling=params.window_sampling,
+                            em_jitter=params.em_jitter)
     names = [c["name"] for c in channels]
     header = ["step", "elapsed_s", "lr", "train_loss", "val_loss",
               *[f"val_pcc_{n}" for n in names], "val_pcc_mean"]
@@ -266,9 +277,10 @@ def train(
     progress_every = max(1, params.steps // 20)
     model.train()
     log.info("training %d steps on %s (%d threads): %d train / %d val sections, %d params, "
-             "FM normalisation %s, EM %s, sampling %s, loss %s", params.steps, device,
-             n_threads, len(train_s), len(val_s), n_parameters(model), params.fm_normalisation,
-             params.em_normalisation, params.window_sampling, params.loss)
+             "FM normalisation %s, EM %s (jitter %g), sampling %s, loss %s", params.steps,
+             device, n_threads, len(train_s), len(val_s), n_parameters(model),
+             params.fm_normalisation, params.em_normalisation, params.em_jitter,
+             params.window_sampling, params.loss)
     try:
         with open(log_path, "a") as tsv:
             for step in range(run.step + 1, params.steps + 1):
