@@ -35,7 +35,7 @@ def predict_window() -> int:
 
 
 #: ``train`` options of config.yaml that change the data the network sees
-DATA_OPTIONS = ("fm_normalisation", "em_normalisation", "window_sampling", "em_jitter")
+DATA_OPTIONS = ("fm_normalisation", "em_normalisation", "window_sampling")
 
 
 def train_data_options() -> dict:

@@ -20,7 +20,7 @@ Datasets are cached in ``.tmp/bench-training/`` (delete it to simulate again).
   noise ceiling.
 - ``options``: on the default data (per-section brightness CV 0.2), the default training
   beside one option changed at a time (FM per-section normalisation, EM z-score
-  normalisation, signal-weighted windows, shift-tolerant loss, EM intensity jitter).
+  normalisation, signal-weighted windows, shift-tolerant loss).
 - ``baseline``: at an equal budget of process CPU time (``time.process_time``, one
   thread, so load from other processes does not count), this model (AdamW, warm-up and
   cosine schedule over the spent fraction of the budget) against the usual label-free
@@ -289,7 +289,6 @@ OPTIONS = {
     "em_normalisation: zscore (the default until Dec 2026)": {"em_normalisation": "zscore"},
     "window_sampling: signal": {"window_sampling": "signal"},
     "loss: shift_mse": {"loss": "shift_mse"},
-    "em_jitter: 0.25": {"em_jitter": 0.25},
 }
 
 
@@ -375,8 +374,7 @@ def _baseline_tag(kind: str) -> str:
 
 
 def _setup(kind: str, folder: Path, seed: int = 42, tile: int = TILE,
-           weight_decay: float | None = None, em_jitter: float | None = None,
-           learning_rate: float | None = None):
+           weight_decay: float | None = None, learning_rate: float | None = None):
     import torch
 
     from em2fm.tiles import normalise_em
@@ -393,8 +391,6 @@ def _setup(kind: str, folder: Path, seed: int = 42, tile: int = TILE,
     unet = MODELS[kind]
     margin = _margin(unet) if unet else 8
     opts = _data_options(kind)
-    if unet and em_jitter is not None:
-        opts = {**opts, "em_jitter": em_jitter}
     sections = load_sections(_tiles(folder), tile)
     for s in sections:
         s.em = normalise_em(s.em, opts["em_normalisation"])
@@ -402,8 +398,7 @@ def _setup(kind: str, folder: Path, seed: int = 42, tile: int = TILE,
     train_s = [s for s in sections if s.split == "train"]
     sampler = WindowSampler(train_s, tile, margin, 4, norm.mean, norm.std, seed,
                             targets=[norm.target(s) for s in train_s],
-                            sampling=opts["window_sampling"],
-                            em_jitter=opts.get("em_jitter", 0.0))
+                            sampling=opts["window_sampling"])
     if unet:
         model = build(UNetConfig(out_channels=2, em_scale=4, **unet))
         train = _defaults.config()["train"]  # config.yaml's optimiser (scheduled by _fit_budget)
@@ -430,8 +425,7 @@ def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
     from em2fm.unet import n_parameters
 
     model, opt, sampler, margin, norm = _setup(kind, folder, seed, args.tile,
-                                               args.weight_decay, args.em_jitter,
-                                               args.learning_rate)
+                                               args.weight_decay, args.learning_rate)
     fit = _fit_budget(model, opt, MODELS[kind] is not None, sampler, margin,
                       args.budget_min * 60, args.batch)
     meta = {"margin": margin, "em_normalisation": norm.em}
@@ -446,7 +440,7 @@ def _variant(args) -> str:
     """The settings of this model's baseline rows that differ from config.yaml, as a name
     suffix (``-tile64-lr0.01``; empty for the defaults)."""
     changed = {"tile": None if args.tile == TILE else args.tile, "wd": args.weight_decay,
-               "jit": args.em_jitter, "lr": args.learning_rate}
+               "lr": args.learning_rate}
     return "".join(f"-{k}{v:g}" for k, v in changed.items() if v is not None)
 
 
@@ -585,9 +579,6 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="baseline: peak learning rate of this model's rows (default: "
                     "train.learning_rate)")
-    ap.add_argument("--em-jitter", type=float, default=None,
-                    help="baseline: EM intensity jitter of this model's rows (default: "
-                    "train.em_jitter)")
     ap.add_argument("--models", type=int, nargs="*", default=None,
                     help="baseline: rows of MODELS to run (default: all)")
     ap.add_argument("--only", type=int, default=None,

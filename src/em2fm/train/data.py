@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,17 +155,11 @@ class WindowSampler:
     each channel in turn, ∝ the number of that channel's brightest pixels (above its
     :data:`SIGNAL_PERCENTILE` over the training pixels) in the window, so that rare signal
     (an islet, nuclei) is seen.
-
-    ``em_jitter`` (``j`` ≥ 0): each window's EM (normalised units) becomes ``g·x + o``,
-    ``g`` log-uniform in [1/(1+j), 1+j] and ``o`` uniform in [−j, j]: the contrast and
-    brightness of another section, detector setting or dwell time. 0: no jitter (and no
-    extra random draws).
     """
 
     def __init__(self, sections: list[SectionData], tile_size: int, margin: int,
                  em_scale: int, mean: np.ndarray, std: np.ndarray, seed: int,
-                 targets: list[np.ndarray] | None = None, sampling: str = "uniform",
-                 em_jitter: float = 0.0) -> None:
+                 targets: list[np.ndarray] | None = None, sampling: str = "uniform") -> None:
         keep = [i for i, s in enumerate(sections) if len(s.starts)]
         self.sections = [sections[i] for i in keep]
         if not self.sections:
@@ -184,9 +177,6 @@ class WindowSampler:
         self.p = weights / weights.sum()
         self.rng = np.random.default_rng(seed)
         self.sampling = sampling
-        if em_jitter < 0:
-            raise ValueError(f"EM intensity jitter must be ≥ 0, got {em_jitter}")
-        self.jitter = float(em_jitter)
         self.cdf: list[np.ndarray] = []
         self.flat = np.concatenate([np.column_stack([np.full(len(s.starts), k), s.starts])
                                     for k, s in enumerate(self.sections)])
@@ -224,10 +214,6 @@ class WindowSampler:
             if flip:
                 x, y = x[:, ::-1], y[:, :, ::-1]
             x, y = np.rot90(x, rot), np.rot90(y, rot, axes=(1, 2))
-            if self.jitter:
-                j = math.log1p(self.jitter)
-                gain = math.exp(self.rng.uniform(-j, j))
-                x = (gain * x + self.rng.uniform(-self.jitter, self.jitter)).astype(np.float32)
             xs.append(np.ascontiguousarray(x))
             ys.append(np.ascontiguousarray(y))
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys))

@@ -61,7 +61,6 @@ class TrainParams:
     fm_normalisation: str = "global"  # global | section (background + percentile per section)
     em_normalisation: str = "percentile"  # percentile | zscore (per section)
     window_sampling: str = "uniform"  # uniform | signal (half the windows where signal is)
-    em_jitter: float = 0.0  # EM contrast/brightness jitter per window (WindowSampler), ≥ 0
     loss: str = "mse"  # mse | shift_mse (best of the shifts within loss_max_shift_px)
     loss_max_shift_px: int = 1  # target px, shift_mse only
 
@@ -226,8 +225,7 @@ def train(
     opt, sched = make_optimiser(model, params)
     targets = [norm.target(s) for s in train_s]
     sampler = WindowSampler(train_s, tile_size, margin, em_scale, norm.mean, norm.std,
-                            params.seed, targets=targets, sampling=params.window_sampling,
-                            em_jitter=params.em_jitter)
+                            params.seed, targets=targets, sampling=params.window_sampling)
     names = [c["name"] for c in channels]
     header = ["step", "elapsed_s", "lr", "train_loss", "val_loss",
               *[f"val_pcc_{n}" for n in names], "val_pcc_mean"]
@@ -277,10 +275,9 @@ def train(
     progress_every = max(1, params.steps // 20)
     model.train()
     log.info("training %d steps on %s (%d threads): %d train / %d val sections, %d params, "
-             "FM normalisation %s, EM %s (jitter %g), sampling %s, loss %s", params.steps,
-             device, n_threads, len(train_s), len(val_s), n_parameters(model),
-             params.fm_normalisation, params.em_normalisation, params.em_jitter,
-             params.window_sampling, params.loss)
+             "FM normalisation %s, EM %s, sampling %s, loss %s", params.steps, device,
+             n_threads, len(train_s), len(val_s), n_parameters(model), params.fm_normalisation,
+             params.em_normalisation, params.window_sampling, params.loss)
     try:
         with open(log_path, "a") as tsv:
             for step in range(run.step + 1, params.steps + 1):
