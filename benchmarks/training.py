@@ -469,7 +469,8 @@ def part_baseline(args) -> None:
                                                                             sd, w)))
             print(kind, seed, rs[-1]["fit"], flush=True)
         fits = [r["fit"] for r in rs]
-        rows.append([kind, rs[0]["parameters"], rs[0]["margin"], _prediction_context(kind),
+        label = kind + (f" ({_variant(args)[1:]})" if MODELS[kind] and _variant(args) else "")
+        rows.append([label, rs[0]["parameters"], rs[0]["margin"], _prediction_context(kind),
                      float(np.mean([f["steps"] for f in fits])),
                      float(np.mean([f["steps"] * args.batch / f["cpu_s"] for f in fits])),
                      *[_mean(rs, split, f"{c}_pcc") for split in ("val", "test")
