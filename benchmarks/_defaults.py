@@ -42,3 +42,9 @@ def train_data_options() -> dict:
     """config.yaml's ``train`` normalisation and window sampling (TrainParams keywords)."""
     train = config()["train"]
     return {k: train[k] for k in DATA_OPTIONS}
+
+
+def symmetric_baseline() -> dict:
+    """The symmetric U-Net baseline both benchmarks compare with (``em2fm.unet.SymmetricUNet``
+    keywords): depth 4, 32 base channels, on EM binned to config.yaml's target grid."""
+    return {"depth": 4, "base_channels": 32, "em_scale": em_scale()}

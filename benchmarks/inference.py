@@ -264,7 +264,7 @@ def baseline_model() -> torch.nn.Module:
     """The symmetric U-Net baseline (depth 4, 32 base channels, EM binned to the output grid),
     batch-norm statistics calibrated like :func:`_load`'s network."""
     torch.manual_seed(0)
-    return calibrated(SymmetricUNet(out_channels=2, depth=4, base_channels=32, em_scale=4),
+    return calibrated(SymmetricUNet(out_channels=2, **_defaults.symmetric_baseline()),
                       texture((1024, 1024), seed=5), size=512)
 
 

@@ -342,8 +342,7 @@ BASELINE_CONFIG = "symmetric U-Net baseline, config.yaml's normalisation and sam
 #: the usual label-free data setup of the baseline: one z-score per section and channel
 USUAL_DATA = {"fm_normalisation": "global", "em_normalisation": "zscore",
               "window_sampling": "uniform"}
-#: the symmetric U-Net baseline's sizes (em2fm.unet.SymmetricUNet keywords)
-SYMMETRIC = {"depth": 4, "base_channels": 32, "em_scale": 4}
+SYMMETRIC = _defaults.symmetric_baseline()
 MODELS = {  # rows of the baseline comparison: this model's architectures, then the baseline
     "this model, config.yaml": UNET,
     "this model, stem blocks b16 d4 (until Dec 2026)": {"stem": "blocks", "base_channels": 16,
