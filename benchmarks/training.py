@@ -323,9 +323,10 @@ def _fit_budget(model, opt, scheduled: bool, sampler, margin: int, budget_s: flo
     model.train()
     t0 = time.process_time()
     steps = 0
-    while (done := (time.process_time() - t0) / budget_s) < 1:
+    while (spent := time.process_time() - t0) < budget_s:
         if scheduled:
-            f = min(1.0, (done + 1e-9) / WARMUP_FRACTION) * cosine_decay(done)
+            f = min(1.0, (spent + 1e-9) / (WARMUP_FRACTION * budget_s)) * cosine_decay(
+                spent, budget_s)
             for g, lr in zip(opt.param_groups, base, strict=True):
                 g["lr"] = lr * f
         x, y = sampler.batch(batch)

@@ -143,14 +143,14 @@ def make_optimiser(model: torch.nn.Module, params: TrainParams
                             weight_decay=params.weight_decay)
     warmup = max(1, int(params.steps * WARMUP_FRACTION))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * cosine_decay(i / params.steps))
+        opt, lambda i: min(1.0, (i + 1) / warmup) * cosine_decay(i, params.steps))
     return opt, sched
 
 
-def cosine_decay(progress: float) -> float:
-    """Learning-rate factor of the cosine schedule: 1 at ``progress`` 0 (fraction of the run
-    done, in steps or in time), 0 at 1 and after."""
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def cosine_decay(done: float, total: float) -> float:
+    """Learning-rate factor of the cosine schedule: 1 when ``done`` is 0, 0 from ``total`` on
+    (both in steps, or both in seconds)."""
+    return 0.5 * (1 + math.cos(math.pi * min(done, total) / total))
 
 
 def train(
