@@ -61,14 +61,14 @@ DYES = {"Hoechst": {"excitation_nm": 405, "emission_nm": 450},
         "Insulin": {"excitation_nm": 590, "emission_nm": 617}}
 CHANNELS = [{"name": n, **d} for n, d in DYES.items()]
 
-UNET, TILE = _defaults.network(), _defaults.tile_size()
+UNET, TILE, EM_SCALE = _defaults.network(), _defaults.tile_size(), _defaults.em_scale()
 
 
 def _margin(unet: dict) -> int:
     """The EM context (target px) the workflow uses for ``unet``: its receptive field."""
-    from em2fm.receptive import context_margin
+    from em2fm.unet import UNetConfig
 
-    return context_margin(int(unet["depth"]), 4, unet.get("stem", "blocks"))
+    return UNetConfig(em_scale=EM_SCALE, **unet).context_margin
 
 
 MARGIN = _margin(UNET)
@@ -396,11 +396,11 @@ def _setup(kind: str, folder: Path, seed: int = 42, tile: int = TILE,
         s.em = normalise_em(s.em, opts["em_normalisation"])
     norm = normalisation(sections, opts["fm_normalisation"], opts["em_normalisation"])
     train_s = [s for s in sections if s.split == "train"]
-    sampler = WindowSampler(train_s, tile, margin, 4, norm.mean, norm.std, seed,
+    sampler = WindowSampler(train_s, tile, margin, EM_SCALE, norm.mean, norm.std, seed,
                             targets=[norm.target(s) for s in train_s],
                             sampling=opts["window_sampling"])
     if unet:
-        model = build(UNetConfig(out_channels=2, em_scale=4, **unet))
+        model = build(UNetConfig(out_channels=2, em_scale=EM_SCALE, **unet))
         train = _defaults.config()["train"]  # config.yaml's optimiser (scheduled by _fit_budget)
         opt, _ = make_optimiser(model, TrainParams(
             learning_rate=train["learning_rate"] if learning_rate is None else learning_rate,
