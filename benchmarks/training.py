@@ -211,11 +211,23 @@ def _reevaluated(result: dict, work: Path, folder: Path) -> dict:
 
 
 def _print_table(name: str, header: list[str], rows: list[list]) -> None:
-    lines = ["\t".join(header)] + ["\t".join(f"{v:.3f}" if isinstance(v, float) else str(v)
-                                             for v in r) for r in rows]
-    print("\n".join(lines), flush=True)
+    """Print ``rows`` and merge them into ``benchmarks/tables/training_{name}.tsv``.
+
+    A row replaces the stored row of the same label (first column); the stored rows of
+    other labels stay (a run of some ``--models`` does not drop the others), unless the
+    stored header differs.
+    """
+    lines = ["\t".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)
+             for r in rows]
+    print("\n".join(["\t".join(header), *lines]), flush=True)
+    path = RESULTS / f"training_{name}.tsv"
+    stored = path.read_text().splitlines() if path.exists() else []
+    new = {line.split("\t", 1)[0]: line for line in lines}
+    if stored[:1] == ["\t".join(header)]:
+        kept = [new.pop(line.split("\t", 1)[0], line) for line in stored[1:]]
+        lines = kept + list(new.values())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"training_{name}.tsv").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(["\t".join(header), *lines]) + "\n")
 
 
 # ------------------------------------------------------------------------------ parts
