@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +147,18 @@ def _check(part: str, checkout: dict) -> str:
         return f"{m.group(1)} exists (not installed)"
     if re.fullmatch(r"(?:\.venv/bin/)?python -m pytest", part):
         return "the test suite (this run)"
+    m = re.fullmatch(r'pip install "(napari\[pyqt5\]==\S+)"', part)
+    if m:
+        assert m.group(1) in (ROOT / ".ci" / "run").read_text(), f"{part}: not .ci/run's pin"
+        return "napari as pinned in .ci/run (not installed)"
+    if part == "pip install --no-deps -e .":
+        assert '[project.entry-points."napari.manifest"]' in (ROOT / "pyproject.toml").read_text()
+        return "the package with its napari manifest (not installed)"
+    if part.startswith("napari --plugin "):
+        _, _, plugin, *files = shlex.split(part)
+        assert plugin == yaml.safe_load((ROOT / "src/em2fm/napari.yaml").read_text())["name"]
+        assert files and all(f.endswith((".ome.tif", ".ome.tiff")) for f in files), part
+        return "napari with the em2fm reader (its GUI: tests/test_napari_reader.py)"
     raise AssertionError(f"README command the test does not know how to check: {part!r}. "
                          "Fix: teach tests/test_readme.py::_check")
 
