@@ -448,19 +448,39 @@ def _baseline_run(kind: str, folder: Path, args, seed: int, work: Path) -> dict:
             "test": evaluate(model, meta, folder, "test")}
 
 
-def _variant(args) -> str:
-    """The settings of this model's baseline rows that differ from config.yaml, as a name
-    suffix (``-tile64-lr0.01``; empty for the defaults)."""
-    changed = {"tile": None if args.tile == TILE else args.tile, "wd": args.weight_decay,
-               "lr": args.learning_rate}
+def _variant(args, unet: bool = True) -> str:
+    """The settings of a baseline row that differ from config.yaml, as a name suffix
+    (``-tile64-lr0.01``; empty for the defaults). The learning rate and weight decay are this
+    model's (``unet``); the symmetric U-Net keeps its Adam 1e-3 (only the tile applies)."""
+    changed = {"tile": None if args.tile == TILE else args.tile,
+               "wd": args.weight_decay if unet else None,
+               "lr": args.learning_rate if unet else None}
     return "".join(f"-{k}{v:g}" for k, v in changed.items() if v is not None)
 
 
-def _budget_runs(args) -> Path:
-    """Cache folder of the baseline runs of one protocol (budget, sections, :func:`_variant`;
-    ``-p2``: this model's schedule follows the spent CPU time; before Dec 7 2026 it followed
-    a step count estimated from the first 3 steps, which ended it early)."""
-    return CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s-p2{_variant(args)}"
+def _budget_runs(args, kind: str) -> Path:
+    """Cache folder of a row's baseline runs under one protocol (budget, sections, the row's
+    :func:`_variant`; ``-p2``: this model's schedule follows the spent CPU time; before Dec 7
+    2026 it followed a step count estimated from the first 3 steps, which ended it early)."""
+    variant = _variant(args, MODELS[kind] is not None)
+    return CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s-p2{variant}"
+
+
+def _paired(rows: dict[str, list[dict]], seeds: list[int]) -> list[list]:
+    """Each row's PCC minus the symmetric U-Net's, seed by seed (same seed: same data order
+    and initialisation seed): mean ± standard error over the seeds, and the seeds it wins."""
+    out = []
+    for label, rs in rows.items():
+        cells = []
+        for split in ("val", "test"):
+            for c in ("Hoechst", "Insulin"):
+                d = np.array([r[split][f"{c}_pcc"] - b[split][f"{c}_pcc"]
+                              for r, b in zip(rs, rows[BASELINE], strict=True)])
+                sem = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+                cells.append(f"{d.mean():+.3f} ± {sem:.3f} ({int((d > 0).sum())}/{len(d)})")
+        if label != BASELINE:
+            out.append([label, " ".join(map(str, seeds)), *cells])
+    return out
 
 
 def part_baseline(args) -> None:
@@ -468,21 +488,24 @@ def part_baseline(args) -> None:
 
     set_threads(1)
     folder = dataset({}, args.sections, args.em_size)
-    rows = []
+    rows, results = [], {}
     for i, kind in _selected(MODELS, args.only):
         if args.models is not None and i not in args.models:
             continue
         rs = []
         for seed in args.seeds:  # seed 42's runs keep their folder from before --seeds
-            work = _budget_runs(args) / (_baseline_tag(kind)
+            work = _budget_runs(args, kind) / (_baseline_tag(kind)
                                          + ("" if seed == 42 else f"-seed{seed}"))
             rs.append(_cached(work / "result.json",
                               lambda k=kind, sd=seed, w=work: _baseline_run(k, folder, args,
                                                                             sd, w)))
             print(kind, seed, rs[-1]["fit"], flush=True)
         fits = [r["fit"] for r in rs]
-        label = kind + (f" ({_variant(args)[1:]})" if MODELS[kind] and _variant(args) else "")
-        rows.append([label, rs[0]["parameters"], rs[0]["margin"], _prediction_context(kind),
+        variant = _variant(args, MODELS[kind] is not None)
+        label = kind + (f" ({variant[1:]})" if variant else "")
+        results[label if kind != BASELINE else BASELINE] = rs
+        rows.append([label, " ".join(map(str, args.seeds)), rs[0]["parameters"], rs[0]["margin"],
+                     _prediction_context(kind),
                      float(np.mean([f["steps"] for f in fits])),
                      float(np.mean([f["steps"] * args.batch / f["cpu_s"] for f in fits])),
                      *[_mean(rs, split, f"{c}_pcc") for split in ("val", "test")
@@ -492,12 +515,18 @@ def part_baseline(args) -> None:
                        for c in ("Hoechst", "Insulin")]])
     if args.only is None:
         _print_table(f"baseline_{args.budget_min:g}min{_variant(args)}",
-                     ["model", "parameters", "training context (target px)",
+                     ["model", "seeds", "parameters", "training context (target px)",
                       "prediction context (target px)", "steps",
                       "windows per CPU s", "val Hoechst PCC", "val Insulin PCC",
                       "test Hoechst PCC", "test Insulin PCC", "test mean PCC",
                       "val Hoechst range over seeds", "val Insulin range over seeds",
                       "test Hoechst range over seeds", "test Insulin range over seeds"], rows)
+        if BASELINE in results and len(results) > 1:
+            _print_table(f"baseline_{args.budget_min:g}min{_variant(args)}-paired",
+                         ["model", "seeds", *[f"{split} {c} PCC minus the U-Net's (wins)"
+                                              for split in ("val", "test")
+                                              for c in ("Hoechst", "Insulin")]],
+                         _paired(results, args.seeds))
 
 
 _REPRO_CHILD = """

@@ -39,7 +39,7 @@ def open_in_napari(files: list[Path], folder: Path) -> tuple[list[dict], Path]:
             pytest.fail(f"EM2FM_TEST_NAPARI=1 but {why} (.ci/run installs both)")
         pytest.skip(f"{why} (.ci/run installs both and sets EM2FM_TEST_NAPARI=1)")
     home = folder / "home"
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # also XDG_RUNTIME_DIR
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
            "XDG_CONFIG_HOME": str(home / ".config"), "XDG_RUNTIME_DIR": str(home),
            "QT_QPA_PLATFORM": "xcb"}
