@@ -9,7 +9,7 @@ import yaml
 from conftest import ROOT
 
 from em2fm.napari_reader import colormap, get_reader, read_layers, world_affine
-from em2fm.odemis import Channel, OdemisImage, read_file
+from em2fm.odemis import Channel, OdemisImage, read_file, write_file
 from em2fm.pyramid import write_array
 
 PACKAGE = ROOT / "src" / "em2fm"
@@ -73,6 +73,24 @@ def test_odemis_acquisition_overlays_fm_on_em(odemis_sample):
         assert np.linalg.norm(step) == pytest.approx(img.pixel_size_m[0] * 1e6)
         assert np.arctan2(-step[0], step[1]) == pytest.approx(
             (img.rotation_rad + np.pi) % (2 * np.pi) - np.pi, abs=1e-9)
+
+
+def test_images_of_the_same_name_keep_their_own_pixels(tmp_path):
+    """Two SEM streams named alike (an Odemis acquisition): each layer gets its own pixels."""
+    rng = np.random.default_rng(1)
+    images = [OdemisImage(name="Secondary electrons", data=rng.integers(0, 4000, (1, 32, 32),
+                                                                        dtype=np.uint16),
+                          channels=[Channel("Secondary electrons")], shape_cyx=(1, 32, 32),
+                          dtype="uint16", pixel_size_m=(1e-8, 1e-8), centre_m=(dx, 0.0))
+              for dx in (0.0, 1e-6)]
+    path = tmp_path / "acq.ome.tiff"
+    write_file(path, images)
+    layers = read_layers(str(path))
+    assert len(layers) == 2
+    for image, (data, kwargs, _) in zip(images, layers, strict=True):
+        np.testing.assert_array_equal(data, image.data[0])
+        np.testing.assert_allclose(_world_um(kwargs["affine"], 15.5, 15.5),
+                                   [0.0, image.centre_m[0] * 1e6], atol=1e-9)
 
 
 def test_image_without_position_opens_in_pixels_with_a_warning(tmp_path, caplog):
