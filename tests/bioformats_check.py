@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import missing_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 JAR = ROOT / ".tmp" / "bioformats" / "bioformats" / "jars" / "bioformats_package.jar"
@@ -25,9 +25,7 @@ def require_bioformats() -> tuple[str, Path]:
     java, jar = shutil.which("java"), Path(os.environ.get("EM2FM_BIOFORMATS_JAR", JAR))
     if java is None or not jar.is_file():
         why = f"java on PATH: {java is not None}; Bio-Formats jar at {jar}: {jar.is_file()}"
-        if os.environ.get("EM2FM_TEST_BIOFORMATS") == "1":
-            pytest.fail(f"EM2FM_TEST_BIOFORMATS=1 but {why} (.ci/run installs both)")
-        pytest.skip(f"{why} (.ci/run installs both and sets EM2FM_TEST_BIOFORMATS=1)")
+        missing_tool("EM2FM_TEST_BIOFORMATS", why, ".ci/run installs both")
     return java, jar
 
 

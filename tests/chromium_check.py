@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from conftest import missing_tool
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -220,10 +220,8 @@ def require_chromium() -> str:
     """The Chromium binary; skip without one, unless asked for (EM2FM_TEST_BROWSER=1)."""
     path = find_chromium()
     if path is None:
-        if os.environ.get("EM2FM_TEST_BROWSER") == "1":
-            pytest.fail("EM2FM_TEST_BROWSER=1 but no chromium on PATH (.ci/run installs it)")
-        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it and "
-                    "sets EM2FM_TEST_BROWSER=1)")
+        missing_tool("EM2FM_TEST_BROWSER", "no chromium on PATH",
+                     "apt-get install chromium; .ci/run installs it")
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -22,6 +23,14 @@ for var, sub in (("XDG_CACHE_HOME", "xdg"), ("MPLCONFIGDIR", "matplotlib"),
                  ("TORCH_HOME", "torch")):
     os.environ[var] = str(_CACHE / sub)
     (_CACHE / sub).mkdir(parents=True, exist_ok=True)
+
+
+def missing_tool(env: str, why: str, fix: str) -> NoReturn:
+    """An external tool a test needs is absent: fail when it was asked for (``env`` set to 1,
+    as ``.ci/run`` does), skip otherwise; ``why`` says what is missing, ``fix`` how to get it."""
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{env}=1 but {why} ({fix})")
+    pytest.skip(f"{why} ({fix} and sets {env}=1)")
 
 
 @pytest.fixture

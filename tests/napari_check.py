@@ -29,15 +29,13 @@ PYTHON = ROOT / ".tmp" / "napari" / "bin" / "python"
 def open_in_napari(files: list[Path], folder: Path) -> tuple[list[dict], Path]:
     """Layers napari showed for ``files`` (name, kind, world extent, multiscale) and a
     screenshot; skips without napari, fails when asked for (EM2FM_TEST_NAPARI=1)."""
-    import pytest
+    from conftest import missing_tool
 
     python = Path(os.environ.get("EM2FM_NAPARI_PYTHON", PYTHON))
     xvfb = shutil.which("xvfb-run")
     if not python.is_file() or xvfb is None:
         why = f"napari's Python at {python}: {python.is_file()}; xvfb-run: {xvfb is not None}"
-        if os.environ.get("EM2FM_TEST_NAPARI") == "1":
-            pytest.fail(f"EM2FM_TEST_NAPARI=1 but {why} (.ci/run installs both)")
-        pytest.skip(f"{why} (.ci/run installs both and sets EM2FM_TEST_NAPARI=1)")
+        missing_tool("EM2FM_TEST_NAPARI", why, ".ci/run installs both")
     home = folder / "home"
     home.mkdir(mode=0o700, parents=True, exist_ok=True)  # also XDG_RUNTIME_DIR
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
