@@ -60,6 +60,8 @@ RESULTS = ROOT / "benchmarks" / "tables"
 DYES = {"Hoechst": {"excitation_nm": 405, "emission_nm": 450},
         "Insulin": {"excitation_nm": 590, "emission_nm": 617}}
 CHANNELS = [{"name": n, **d} for n, d in DYES.items()]
+#: the baseline's PCC cells: (split, channel), validation first
+SPLIT_CHANNELS = [(split, c) for split in ("val", "test") for c in DYES]
 
 UNET, TILE, EM_SCALE = _defaults.network(), _defaults.tile_size(), _defaults.em_scale()
 
@@ -458,11 +460,10 @@ def _variant(args, unet: bool = True) -> str:
     return "".join(f"-{k}{v:g}" for k, v in changed.items() if v is not None)
 
 
-def _budget_runs(args, kind: str) -> Path:
+def _budget_runs(args, variant: str) -> Path:
     """Cache folder of a row's baseline runs under one protocol (budget, sections, the row's
     :func:`_variant`; ``-p2``: this model's schedule follows the spent CPU time; before Dec 7
     2026 it followed a step count estimated from the first 3 steps, which ended it early)."""
-    variant = _variant(args, MODELS[kind] is not None)
     return CACHE / "runs" / f"budget{args.budget_min:g}min-{args.sections}s-p2{variant}"
 
 
@@ -472,12 +473,11 @@ def _paired(rows: dict[str, list[dict]], seeds: list[int]) -> list[list]:
     out = []
     for label, rs in rows.items():
         cells = []
-        for split in ("val", "test"):
-            for c in ("Hoechst", "Insulin"):
-                d = np.array([r[split][f"{c}_pcc"] - b[split][f"{c}_pcc"]
-                              for r, b in zip(rs, rows[BASELINE], strict=True)])
-                sem = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-                cells.append(f"{d.mean():+.3f} ± {sem:.3f} ({int((d > 0).sum())}/{len(d)})")
+        for split, c in SPLIT_CHANNELS:
+            d = np.array([r[split][f"{c}_pcc"] - b[split][f"{c}_pcc"]
+                          for r, b in zip(rs, rows[BASELINE], strict=True)])
+            sem = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            cells.append(f"{d.mean():+.3f} ± {sem:.3f} ({int((d > 0).sum())}/{len(d)})")
         if label != BASELINE:
             out.append([label, " ".join(map(str, seeds)), *cells])
     return out
@@ -492,27 +492,25 @@ def part_baseline(args) -> None:
     for i, kind in _selected(MODELS, args.only):
         if args.models is not None and i not in args.models:
             continue
+        variant = _variant(args, MODELS[kind] is not None)
         rs = []
         for seed in args.seeds:  # seed 42's runs keep their folder from before --seeds
-            work = _budget_runs(args, kind) / (_baseline_tag(kind)
-                                         + ("" if seed == 42 else f"-seed{seed}"))
+            work = _budget_runs(args, variant) / (_baseline_tag(kind)
+                                                  + ("" if seed == 42 else f"-seed{seed}"))
             rs.append(_cached(work / "result.json",
                               lambda k=kind, sd=seed, w=work: _baseline_run(k, folder, args,
                                                                             sd, w)))
             print(kind, seed, rs[-1]["fit"], flush=True)
         fits = [r["fit"] for r in rs]
-        variant = _variant(args, MODELS[kind] is not None)
         label = kind + (f" ({variant[1:]})" if variant else "")
         results[label if kind != BASELINE else BASELINE] = rs
         rows.append([label, " ".join(map(str, args.seeds)), rs[0]["parameters"], rs[0]["margin"],
                      _prediction_context(kind),
                      float(np.mean([f["steps"] for f in fits])),
                      float(np.mean([f["steps"] * args.batch / f["cpu_s"] for f in fits])),
-                     *[_mean(rs, split, f"{c}_pcc") for split in ("val", "test")
-                       for c in ("Hoechst", "Insulin")],
+                     *[_mean(rs, split, f"{c}_pcc") for split, c in SPLIT_CHANNELS],
                      (_mean(rs, "test", "Hoechst_pcc") + _mean(rs, "test", "Insulin_pcc")) / 2,
-                     *[_range(rs, split, f"{c}_pcc") for split in ("val", "test")
-                       for c in ("Hoechst", "Insulin")]])
+                     *[_range(rs, split, f"{c}_pcc") for split, c in SPLIT_CHANNELS]])
     if args.only is None:
         _print_table(f"baseline_{args.budget_min:g}min{_variant(args)}",
                      ["model", "seeds", "parameters", "training context (target px)",
@@ -524,8 +522,7 @@ def part_baseline(args) -> None:
         if BASELINE in results and len(results) > 1:
             _print_table(f"baseline_{args.budget_min:g}min{_variant(args)}-paired",
                          ["model", "seeds", *[f"{split} {c} PCC minus the U-Net's (wins)"
-                                              for split in ("val", "test")
-                                              for c in ("Hoechst", "Insulin")]],
+                                              for split, c in SPLIT_CHANNELS]],
                          _paired(results, args.seeds))
 
 

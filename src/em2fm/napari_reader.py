@@ -31,9 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import tifffile
 
-from .odemis import ExportError, read_file
-from .odemis.model import OdemisImage
-from .odemis.read import extract_ome_xml
+from .odemis import ExportError, OdemisImage, extract_ome_xml, read_file
 
 log = logging.getLogger(__name__)
 
